@@ -1,0 +1,1 @@
+"""The mbsbench harness: profiling, data, training, evaluation and tracking of the variants."""

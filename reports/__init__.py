@@ -1,0 +1,1 @@
+"""Tables and plots for the paper from what MLflow holds (python -m reports)."""

@@ -1,0 +1,1 @@
+"""Optuna searches over ModelConfig knobs (python -m studies)."""

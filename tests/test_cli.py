@@ -1,0 +1,56 @@
+"""The CLI: exit 0 and parseable output on good input; exit 2 and one stderr line on bad input."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from bench.__main__ import main
+
+
+def test_list_json(capsys: pytest.CaptureFixture) -> None:
+    assert main(["list", "--format", "json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    by_name = {r["name"]: r for r in rows}
+    assert by_name["original"]["params"] == 7_325_830
+    assert by_name["optimized"]["params"] == 2_139_920
+    assert len([n for n in by_name if n.startswith(("original+", "optimized-"))]) == 16
+
+
+def test_list_table(capsys: pytest.CaptureFixture) -> None:
+    assert main(["list", "original+*"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 2 + 8
+    assert "7,325,830" in lines[2]  # original+chunked_scan keeps every parameter
+
+
+def test_params_json(capsys: pytest.CaptureFixture) -> None:
+    assert main(["params", "--variant", "optimized", "--format", "json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    rows = {r["module"]: r["params"] for r in data["modules"]}
+    assert rows["(total)"] == 2_139_920 and rows["decoder"] == 1_824_268
+    assert data["config"]["d_state"] == 12
+
+
+def test_params_with_set(capsys: pytest.CaptureFixture) -> None:
+    assert main(["params", "--variant", "optimized", "--set", "d_state=16"]) == 0
+    assert "2,146,064" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "argv,fragment",
+    [
+        (["params", "--variant", "orignal"], "did you mean 'original'"),
+        (["params", "--variant", "optimized", "--set", "dstate=3"], "did you mean 'd_state'"),
+        (["params", "--variant", "optimized", "--set", "d_state=x"], "expected an integer"),
+        (["list", "nothing*"], "no variant matches"),
+    ],
+)
+def test_bad_input_one_line(argv: list[str], fragment: str) -> None:
+    proc = subprocess.run([sys.executable, "-m", "bench", *argv], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stdout == ""
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and fragment in lines[0]
+    assert "Traceback" not in proc.stderr

@@ -1,0 +1,99 @@
+"""ModelConfig: one frozen dataclass holding every knob of every variant."""
+
+from dataclasses import dataclass, fields
+
+from variants.errors import MbsbenchError, did_you_mean
+
+# 31 bands over 257 bins: 2, 3 x10, 8 x12, 16 x7, 17 (MODELS.md, "Common front end")
+BAND_WIDTHS: tuple[int, ...] = (2,) + (3,) * 10 + (8,) * 12 + (16,) * 7 + (17,)
+
+CHOICES: dict[str, tuple] = {
+    "arch": ("mbsnet", "bsrnn"),
+    "encoder": ("two_branch", "shared"),
+    "band_mixer": ("bimamba", "mlp"),
+    "output_net": ("mlp2", "linear", "none"),
+    "decoder": ("dual_magphase", "mask3tap"),
+    "scan": ("naive", "chunked", "chunked_ckpt", "cuda", "auto"),
+    "skip_d": ("learned", "const_d_inner"),
+    "dt_bias_init": ("log_uniform", "zeroed"),
+    "scan_clamps": ("none", "seed"),
+}
+POSITIVE: tuple[str, ...] = (
+    "n_fft", "hop", "feature_dim", "temporal_layers", "d_state", "d_conv", "expand",
+    "decoder_hidden", "chunk_size", "band_layers",
+)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Every knob of MBS-Net and the BSRNN baseline; the defaults are MBS-Net original."""
+
+    arch: str = "mbsnet"  # "mbsnet" (all MBS-Net variants) or "bsrnn" (the baseline)
+    sample_rate: int = 16000  # Hz; the models expect 16 kHz input
+    n_fft: int = 512  # STFT size (Hann window of the same length), 257 bins
+    hop: int = 128  # STFT hop in samples (8 ms)
+    band_widths: tuple[int, ...] = BAND_WIDTHS  # bins per band, summing to n_fft // 2 + 1
+    feature_dim: int = 128  # N, channels per band after the band split
+    temporal_layers: int = 4  # Mamba blocks over time per encoder (BSRNN: LSTM layers)
+    band_layers: int = 5  # BSRNN only: BiLSTM layers over bands
+    d_state: int = 16  # N of the SSM (state size per channel)
+    d_conv: int = 4  # kernel of the causal depthwise conv in a Mamba block
+    expand: int = 2  # d_inner = expand * feature_dim
+    dt_rank: int = 0  # rank of the delta projection; 0 means ceil(d_inner / 16)
+    bidirectional_time: bool = True  # forward + time-flipped block with a combine layer
+    encoder: str = "two_branch"  # "two_branch" (magnitude, phase) or one "shared" encoder
+    band_mixer: str = "bimamba"  # across bands: bidirectional Mamba, or a pointwise "mlp"
+    output_net: str = "mlp2"  # head per stream: Linear-Tanh-Linear, one "linear", or "none"
+    decoder: str = "dual_magphase"  # magnitude mask + phase offset, or the 3-tap complex mask
+    decoder_hidden: int = 4  # decoder hidden width as a multiple of feature_dim
+    scan: str = "naive"  # selective-scan implementation (variants/scan.py SCANS)
+    chunk_size: int = 32  # time steps per chunk of the chunked scans
+    checkpoint_blocks: bool = False  # recompute each Mamba block in backward (training)
+    skip_d: str = "learned"  # seed bug "const_d_inner": skip term d_inner * x, D unused
+    dt_bias_init: str = "log_uniform"  # seed bug "zeroed": dt_proj bias re-initialised to 0
+    scan_clamps: str = "none"  # seed bug "seed": the reference scan's six clamps
+    pcs: bool = False  # apply perceptual contrast stretching at inference (variants/pcs.py)
+
+    def __post_init__(self) -> None:
+        for name, allowed in CHOICES.items():
+            value = getattr(self, name)
+            if value not in allowed:
+                raise MbsbenchError(
+                    f"{name}={value!r} is not one of {', '.join(allowed)}{did_you_mean(str(value), allowed)}"
+                )
+        for name in POSITIVE:
+            if getattr(self, name) < 1:
+                raise MbsbenchError(f"{name}={getattr(self, name)} must be a positive integer")
+        if self.dt_rank < 0:
+            raise MbsbenchError(f"dt_rank={self.dt_rank} must be >= 0 (0 means ceil(d_inner / 16))")
+        if sum(self.band_widths) != self.n_bins or min(self.band_widths) < 1:
+            raise MbsbenchError(
+                f"band_widths sum to {sum(self.band_widths)}; expected positive widths summing to "
+                f"n_fft // 2 + 1 = {self.n_bins}"
+            )
+        if self.hop > self.n_fft:
+            raise MbsbenchError(f"hop={self.hop} must not exceed n_fft={self.n_fft}")
+
+    @property
+    def n_bins(self) -> int:
+        return self.n_fft // 2 + 1
+
+    @property
+    def d_inner(self) -> int:
+        return self.expand * self.feature_dim
+
+    @property
+    def dt_rank_resolved(self) -> int:
+        # the reference uses ceil(d_inner / 16), not d_model / 16 as the Mamba paper does
+        return self.dt_rank or -(-self.d_inner // 16)
+
+    def to_dict(self) -> dict:
+        """Flat dict of every field (band_widths as a list), for logging and JSON."""
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out["band_widths"] = list(self.band_widths)
+        return out
+
+
+def field_types() -> dict[str, type]:
+    """Map each ModelConfig field to the Python type its values take (tuple for band_widths)."""
+    return {f.name: getattr(f.type, "__origin__", f.type) for f in fields(ModelConfig)}

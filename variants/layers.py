@@ -1,0 +1,276 @@
+"""Building blocks of MBS-Net and BSRNN: STFT, band split, Mamba blocks, heads and decoders.
+
+Feature maps are channels-last, (B, T, K, N): frames, bands, channels.
+"""
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from variants.config import ModelConfig
+from variants.errors import MbsbenchError
+from variants.pcs import perceptual_contrast_stretch
+from variants.scan import SCANS, choose_scan, selective_scan_seed
+
+
+def stft(wav: Tensor, cfg: ModelConfig) -> Tensor:
+    """Complex STFT (B, F, T) of a waveform batch (B, samples): Hann, centered, reflect pad."""
+    if wav.dim() != 2:
+        raise MbsbenchError(f"expected a waveform batch of shape (B, samples), got {tuple(wav.shape)}")
+    if wav.shape[-1] < cfg.n_fft:
+        raise MbsbenchError(f"input of {wav.shape[-1]} samples is shorter than one STFT frame ({cfg.n_fft})")
+    window = torch.hann_window(cfg.n_fft, device=wav.device, dtype=wav.dtype)
+    return torch.stft(wav, cfg.n_fft, cfg.hop, window=window, center=True, pad_mode="reflect", return_complex=True)
+
+
+def istft(spec: Tensor, cfg: ModelConfig, length: int) -> Tensor:
+    """Inverse of `stft`, trimmed or padded to `length` samples."""
+    window = torch.hann_window(cfg.n_fft, device=spec.device, dtype=spec.real.dtype)
+    return torch.istft(spec, cfg.n_fft, cfg.hop, window=window, center=True, length=length)
+
+
+class SpectralEnhancer(nn.Module):
+    """Waveform (B, samples) -> STFT -> enhance_spec -> inverse STFT, same length; PCS at inference if set."""
+
+    cfg: ModelConfig  # subclasses also define enhance_spec(spec (B, F, T)) -> spec
+
+    def forward(self, wav: Tensor) -> Tensor:
+        out = istft(self.enhance_spec(stft(wav, self.cfg)), self.cfg, wav.shape[-1])
+        if self.cfg.pcs and not self.training:
+            out = perceptual_contrast_stretch(out)
+        return out
+
+
+def group_norm_1(x: Tensor, norm: nn.GroupNorm) -> Tensor:
+    """GroupNorm(1, C) of a channels-last tensor: statistics over every non-batch dim."""
+    return F.layer_norm(x, x.shape[1:], eps=norm.eps) * norm.weight + norm.bias
+
+
+class BandSplit(nn.Module):
+    """Per band of w bins: re/im as 2w features, GroupNorm(1, 2w) over (2w x T), Linear(2w -> N)."""
+
+    def __init__(self, widths: tuple[int, ...], channels: int):
+        super().__init__()
+        self.widths = tuple(widths)
+        self.norms = nn.ModuleList(nn.GroupNorm(1, 2 * w) for w in widths)
+        self.fcs = nn.ModuleList(nn.Linear(2 * w, channels) for w in widths)
+
+    def forward(self, spec: Tensor) -> Tensor:
+        x = torch.view_as_real(spec).transpose(1, 2)  # (B, T, F, 2)
+        out = []
+        for band, norm, fc in zip(x.split(self.widths, dim=2), self.norms, self.fcs):
+            feats = band.reshape(band.shape[0], band.shape[1], -1)  # (B, T, 2w), re/im interleaved per bin
+            out.append(fc(group_norm_1(feats, norm)))
+        return torch.stack(out, dim=2)  # (B, T, K, N)
+
+
+class SelectiveSSM(nn.Module):
+    """Causal depthwise conv, input-dependent delta/B/C, and the selective scan (names as the reference)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        d, n, rank = cfg.d_inner, cfg.d_state, cfg.dt_rank_resolved
+        self.cfg = cfg
+        self.A_log = nn.Parameter(torch.log(torch.arange(1, n + 1, dtype=torch.float32)).repeat(d, 1))
+        self.D = nn.Parameter(torch.ones(d))
+        self.x_proj_dt = nn.Linear(d, rank, bias=False)
+        self.dt_proj = nn.Linear(rank, d, bias=True)
+        self.B_proj = nn.Linear(d, n, bias=False)
+        self.C_proj = nn.Linear(d, n, bias=False)
+        self.conv1d = nn.Conv1d(d, d, cfg.d_conv, groups=d, padding=cfg.d_conv - 1, bias=True)
+        self.last_scan = cfg.scan  # which implementation ran last ("auto" resolves at run time)
+        self.reset_dt_bias()
+
+    def reset_dt_bias(self) -> None:
+        """Delta bias = inverse softplus of a log-uniform draw in [1e-3, 0.1] (Mamba's init)."""
+        if self.cfg.dt_bias_init == "zeroed":  # seed bug: the model-level re-init zeroes it
+            nn.init.zeros_(self.dt_proj.bias)
+            return
+        with torch.no_grad():
+            low, high = math.log(1e-3), math.log(0.1)
+            dt = torch.exp(torch.rand_like(self.dt_proj.bias) * (high - low) + low)
+            self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))
+
+    def forward(self, x: Tensor) -> Tensor:
+        length = x.shape[1]
+        xc = F.silu(self.conv1d(x.transpose(1, 2))[..., :length].transpose(1, 2))  # (b, l, d), causal
+        delta = F.softplus(self.dt_proj(self.x_proj_dt(xc)))  # (b, l, d)
+        A = -torch.exp(self.A_log)  # (d, n)
+        D = self.D
+        if self.cfg.skip_d == "const_d_inner":  # seed bug: D shadowed by the integer d_inner
+            D = torch.full_like(self.D, float(self.cfg.d_inner)).detach()
+        if self.cfg.scan_clamps == "seed":
+            self.last_scan = "seed"
+            scan = selective_scan_seed
+        else:
+            self.last_scan = choose_scan(self.cfg.scan, x.device)
+            scan = SCANS[self.last_scan]
+        return scan(xc, delta, A, self.B_proj(xc), self.C_proj(xc), D, chunk_size=self.cfg.chunk_size)
+
+
+class MambaBlock(nn.Module):
+    """Pre-norm residual Mamba block on (b, l, d_model)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.checkpoint = cfg.checkpoint_blocks
+        self.norm = nn.LayerNorm(cfg.feature_dim)
+        self.in_proj = nn.Linear(cfg.feature_dim, 2 * cfg.d_inner, bias=False)
+        self.ssm = SelectiveSSM(cfg)
+        self.out_proj = nn.Linear(cfg.d_inner, cfg.feature_dim, bias=False)
+
+    def _mix(self, x: Tensor) -> Tensor:
+        xs, z = self.in_proj(self.norm(x)).chunk(2, dim=-1)  # (b, l, d_inner) each
+        return self.out_proj(self.ssm(xs) * F.silu(z))
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.checkpoint and self.training and torch.is_grad_enabled():
+            return x + checkpoint(self._mix, x, use_reentrant=False)
+        return x + self._mix(x)
+
+
+class BiMambaBlock(nn.Module):
+    """Forward and time-flipped Mamba blocks, concat -> Linear(2N -> N) -> LayerNorm."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.fwd = MambaBlock(cfg)
+        self.bwd = MambaBlock(cfg)
+        self.combine = nn.Linear(2 * cfg.feature_dim, cfg.feature_dim)
+        self.norm = nn.LayerNorm(cfg.feature_dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        backward = self.bwd(x.flip(1)).flip(1)
+        return self.norm(self.combine(torch.cat([self.fwd(x), backward], dim=-1)))
+
+
+class BandMLP(nn.Module):
+    """Pointwise Linear(N -> N) -> LayerNorm -> GELU per (frame, band)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        n = cfg.feature_dim
+        self.net = nn.Sequential(nn.Linear(n, n), nn.LayerNorm(n), nn.GELU())
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+
+class Encoder(nn.Module):
+    """Mamba blocks over time per band, a mixer across bands, LayerNorm(temporal + band)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        block = BiMambaBlock if cfg.bidirectional_time else MambaBlock
+        self.time_blocks = nn.ModuleList(block(cfg) for _ in range(cfg.temporal_layers))
+        self.band_mixer = BiMambaBlock(cfg) if cfg.band_mixer == "bimamba" else BandMLP(cfg)
+        self.norm = nn.LayerNorm(cfg.feature_dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, t, k, n = x.shape
+        seq = x.transpose(1, 2).reshape(b * k, t, n)  # (B*K, T, N): one sequence per band
+        for block in self.time_blocks:
+            seq = block(seq)
+        temporal = seq.reshape(b, k, t, n).transpose(1, 2)  # (B, T, K, N)
+        across = self.band_mixer(temporal.reshape(b * t, k, n)).reshape(b, t, k, n)  # bands as a sequence
+        return self.norm(temporal + across)
+
+
+SQUASH = {"magnitude": torch.sigmoid, "phase": lambda x: torch.tanh(x) * math.pi}
+
+
+class OutputHead(nn.Module):
+    """The output net of one stream: 'mlp2' Linear-Tanh-Linear or one 'linear', then its squash."""
+
+    def __init__(self, kind: str, channels: int, stream: str):
+        super().__init__()
+        layers = {
+            "mlp2": lambda: [nn.Linear(channels, 2 * channels), nn.Tanh(), nn.Linear(2 * channels, channels)],
+            "linear": lambda: [nn.Linear(channels, channels)],
+        }[kind]()
+        self.net = nn.Sequential(*layers)
+        self.stream = stream
+
+    def forward(self, x: Tensor) -> Tensor:
+        return SQUASH[self.stream](self.net(x))
+
+
+class BandHeads(nn.Module):
+    """Per band: GroupNorm(1, N) over (N x T) -> Linear(N -> H) -> Tanh -> Linear(H -> w * per_bin)."""
+
+    def __init__(self, widths: tuple[int, ...], channels: int, hidden: int, per_bin: int):
+        super().__init__()
+        self.norms = nn.ModuleList(nn.GroupNorm(1, channels) for _ in widths)
+        self.mlps = nn.ModuleList(
+            nn.Sequential(nn.Linear(channels, hidden), nn.Tanh(), nn.Linear(hidden, w * per_bin)) for w in widths
+        )
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        """Per-band outputs (B, T, w * per_bin) of features (B, T, K, N)."""
+        return [mlp(group_norm_1(x[:, :, k], norm)) for k, (norm, mlp) in enumerate(zip(self.norms, self.mlps))]
+
+
+def wrap_phase(phase: Tensor) -> Tensor:
+    """Wrap angles to [-pi, pi)."""
+    return torch.remainder(phase + math.pi, 2 * math.pi) - math.pi
+
+
+class DualMagPhaseDecoder(nn.Module):
+    """Magnitude path -> sigmoid mask; phase path -> tanh * pi offset; |X| m exp(i wrap(angle X + o))."""
+
+    paths = 2
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        hidden = cfg.decoder_hidden * cfg.feature_dim
+        self.mag = BandHeads(cfg.band_widths, cfg.feature_dim, hidden, 1)
+        self.phase = BandHeads(cfg.band_widths, cfg.feature_dim, hidden, 1)
+
+    def forward(self, streams: list[Tensor], spec: Tensor) -> Tensor:
+        mask = torch.sigmoid(torch.cat(self.mag(streams[0]), dim=-1)).transpose(1, 2)  # (B, F, T)
+        offset = torch.tanh(torch.cat(self.phase(streams[1]), dim=-1)).transpose(1, 2) * math.pi
+        return torch.polar(spec.abs() * mask, wrap_phase(spec.angle() + offset))
+
+
+class MaskDecoder3Tap(nn.Module):
+    """BSRNN's decoder: per band GLU -> complex mask of 3 taps per bin, applied across time."""
+
+    paths = 1
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.heads = BandHeads(cfg.band_widths, cfg.feature_dim, cfg.decoder_hidden * cfg.feature_dim, 12)
+
+    def forward(self, streams: list[Tensor], spec: Tensor) -> Tensor:
+        bands = [F.glu(out, dim=-1) for out in self.heads(streams[0])]  # (B, T, 6w) each
+        m = torch.cat([o.reshape(o.shape[0], o.shape[1], -1, 3, 2) for o in bands], dim=2)  # (B, T, F, 3, 2)
+        m = torch.view_as_complex(m.to(spec.real.dtype).contiguous()).transpose(1, 2)  # (B, F, T, 3)
+        padded = F.pad(torch.view_as_real(spec), (0, 0, 1, 1))  # zero frame on each side of time
+        padded = torch.view_as_complex(padded)  # (B, F, T + 2)
+        return m[..., 0] * padded[..., :-2] + m[..., 1] * spec + m[..., 2] * padded[..., 2:]
+
+
+DECODERS = {"dual_magphase": DualMagPhaseDecoder, "mask3tap": MaskDecoder3Tap}
+
+
+def init_like_reference(model: nn.Module) -> None:
+    """The reference's model-level init: Xavier-uniform Linear weights, zero biases.
+
+    The delta bias is then restored to Mamba's init unless the config reproduces the seed
+    bug that zeroed it (dt_bias_init='zeroed'). LSTMs: Xavier input, orthogonal recurrent weights.
+    """
+    for module in model.modules():
+        if isinstance(module, nn.Linear):
+            nn.init.xavier_uniform_(module.weight)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.LSTM):
+            for name, param in module.named_parameters():
+                init = {"weight_ih": nn.init.xavier_uniform_, "weight_hh": nn.init.orthogonal_}
+                init.get(name.rsplit("_l", 1)[0], nn.init.zeros_)(param)
+    for module in model.modules():
+        if isinstance(module, SelectiveSSM):
+            module.reset_dt_bias()
