@@ -7,9 +7,10 @@ import pytest
 import torch
 
 from variants.errors import MbsbenchError
-from variants.scan import SCANS, choose_scan, cuda_scan_available, selective_scan_ref
+from variants.scan import INDEXED_LOOPS, SCANS, choose_scan, cuda_scan_available, selective_scan_ref
 
-CPU_SCANS = [name for name in SCANS if name != "cuda"]
+ALL_CPU = {**{k: v for k, v in SCANS.items() if k != "cuda"}, **INDEXED_LOOPS}
+CPU_SCANS = list(ALL_CPU)
 TOL = {torch.float64: 1e-10, torch.float32: 1e-4}
 
 
@@ -42,7 +43,7 @@ def test_scan_matches_reference(name: str, length: int, dtype: torch.dtype) -> N
     inputs = [t.detach().to(dtype).requires_grad_() for t in ref_inputs]
     chunk_sizes = [1, 5, 32, 64, length + 3] if length <= 251 else [32, 64]
     for chunk in chunk_sizes:
-        y = SCANS[name](*inputs, chunk_size=chunk)
+        y = ALL_CPU[name](*inputs, chunk_size=chunk)
         grads = torch.autograd.grad(y, inputs, gy.to(dtype))
         assert rel_err(y, y_ref) < TOL[dtype], f"output, chunk {chunk}"
         for label, g, g_ref in zip(["u", "delta", "A", "B", "C", "D", "h0"], grads, grads_ref):
@@ -52,7 +53,7 @@ def test_scan_matches_reference(name: str, length: int, dtype: torch.dtype) -> N
 @pytest.mark.parametrize("name", CPU_SCANS)
 def test_scan_without_initial_state(name: str) -> None:
     inputs = make_inputs(19, torch.float64)[:6]
-    y = SCANS[name](*inputs, chunk_size=5)
+    y = ALL_CPU[name](*inputs, chunk_size=5)
     assert rel_err(y, selective_scan_ref(*inputs)) < 1e-10
 
 

@@ -10,6 +10,7 @@ Recurrence (zero-order hold on A, Euler on B, as in Mamba):
 """
 
 from collections.abc import Callable
+from functools import partial
 
 import torch
 from torch import Tensor
@@ -37,14 +38,18 @@ def selective_scan_ref(
     return torch.stack(ys, dim=1)  # (b, l, d)
 
 
-def _scan_loop(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
+def _scan_loop(
+    u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, h: Tensor, indexed: bool = False,
+) -> tuple[Tensor, Tensor]:
     """Materialize (b, l, d, n) discretization, loop over time under autograd; y without D."""
     decay = torch.exp(delta.unsqueeze(-1) * A)  # (b, l, d, n)
     drive = (delta * u).unsqueeze(-1) * B.unsqueeze(2)  # (b, l, d, n)
     ys = []
-    # unbind, not indexing: the backward of one unbind stacks the grads once instead of
-    # zero-filling a full-size buffer per step (the reference's O(l^2) pathology)
-    for decay_t, drive_t, c_t in zip(decay.unbind(1), drive.unbind(1), C.unbind(1)):
+    if indexed:  # the reference's own loop: each step's slice backward zero-fills a full-size buffer
+        steps = ((decay[:, t], drive[:, t], C[:, t]) for t in range(u.shape[1]))
+    else:  # one unbind: its backward stacks the step gradients once (same math, O(l) not O(l^2))
+        steps = zip(decay.unbind(1), drive.unbind(1), C.unbind(1))
+    for decay_t, drive_t, c_t in steps:
         h = decay_t * h + drive_t  # (b, d, n)
         ys.append(torch.einsum("bdn,bn->bd", h, c_t))
     return torch.stack(ys, dim=1), h
@@ -56,23 +61,23 @@ def _initial_state(u: Tensor, A: Tensor, h0: Tensor | None) -> Tensor:
 
 def selective_scan_naive(
     u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor, h0: Tensor | None = None,
-    *, chunk_size: int = 32,
+    *, chunk_size: int = 32, indexed: bool = False,
 ) -> Tensor:
     """The reference's full-sequence scan: (b, l, d, n) tensors, autograd keeps every step."""
-    y, _ = _scan_loop(u, delta, A, B, C, _initial_state(u, A, h0))
+    y, _ = _scan_loop(u, delta, A, B, C, _initial_state(u, A, h0), indexed)
     return y + D * u
 
 
 def selective_scan_chunked(
     u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor, h0: Tensor | None = None,
-    *, chunk_size: int = 32,
+    *, chunk_size: int = 32, indexed: bool = False,
 ) -> Tensor:
     """The reference's chunked scan: (b, chunk, d, n) at a time, but autograd still keeps every chunk."""
     h = _initial_state(u, A, h0)
     ys = []
     for start in range(0, u.shape[1], chunk_size):
         part = slice(start, start + chunk_size)
-        y, h = _scan_loop(u[:, part], delta[:, part], A, B[:, part], C[:, part], h)
+        y, h = _scan_loop(u[:, part], delta[:, part], A, B[:, part], C[:, part], h, indexed)
         ys.append(y)
     return torch.cat(ys, dim=1) + D * u
 
@@ -161,7 +166,10 @@ class _ChunkedCheckpointScan(torch.autograd.Function):
 
 
 def _chunk_backward(out, grad_a, u, delta, A, B, C, h_start, gy, carry) -> Tensor:
-    """Adjoint of one chunk: fill out = [du, ddelta, dB, dC] slices, add to grad_a; return dL/dh_start."""
+    """Adjoint of one chunk: fill out = [du, ddelta, dB, dC] slices, add to grad_a; return dL/dh_start.
+
+    Peak memory is about four (c, b, d, n) buffers: decay, states, adjoint and one temporary.
+    """
     decay, drive = _discretize(u, delta, A, B)
     states = _run_states(decay, drive, h_start)  # (c, b, d, n)
     gy_t = gy.transpose(0, 1)  # (c, b, d)
@@ -169,17 +177,19 @@ def _chunk_backward(out, grad_a, u, delta, A, B, C, h_start, gy, carry) -> Tenso
     adj[-1] += carry
     for t in range(adj.shape[0] - 2, -1, -1):
         adj[t].addcmul_(decay[t + 1], adj[t + 1])
+    carry = adj[0] * decay[0]
     grad_u, grad_delta, grad_b, grad_c = out
     grad_c.copy_(torch.einsum("cbdn,cbd->bcn", states, gy_t))
-    previous = torch.cat([h_start.unsqueeze(0), states[:-1]])  # h_{t-1}, (c, b, d, n)
-    grad_log_decay = adj * previous * decay  # dL/d(delta A), (c, b, d, n)
+    grad_log_decay = decay.mul_(adj)  # dL/d(delta A) = adj * h_{t-1} * decay, built in place
+    grad_log_decay[1:] *= states[:-1]
+    grad_log_decay[0] *= h_start
     delta_t, u_t = delta.transpose(0, 1), u.transpose(0, 1)
     adj_b = torch.einsum("cbdn,cbn->cbd", adj, B.transpose(0, 1))  # dL/d(delta u), (c, b, d)
-    grad_delta.copy_((torch.einsum("cbdn,dn->cbd", grad_log_decay, A) + adj_b * u_t).transpose(0, 1))
+    grad_delta.copy_(((grad_log_decay * A).sum(-1) + adj_b * u_t).transpose(0, 1))
     grad_u.copy_((adj_b * delta_t).transpose(0, 1))
     grad_b.copy_(torch.einsum("cbdn,cbd->bcn", adj, delta_t * u_t))
     grad_a += torch.einsum("cbdn,cbd->dn", grad_log_decay, delta_t)
-    return adj[0] * decay[0]
+    return carry
 
 
 def selective_scan_cuda(
@@ -205,6 +215,13 @@ SCANS: dict[str, Callable[..., Tensor]] = {
     "chunked": selective_scan_chunked,
     "chunked_ckpt": selective_scan_chunked_ckpt,
     "cuda": selective_scan_cuda,
+}
+
+
+# The reference's per-step indexing, kept only so that `bench scan` can measure what it costs.
+INDEXED_LOOPS: dict[str, Callable[..., Tensor]] = {
+    "naive_indexed": partial(selective_scan_naive, indexed=True),
+    "chunked_indexed": partial(selective_scan_chunked, indexed=True),
 }
 
 

@@ -1,0 +1,35 @@
+"""Device selection and description."""
+
+import platform
+
+import torch
+
+from variants.errors import MbsbenchError
+
+
+def resolve_device(name: str) -> str:
+    """'cpu', 'cuda', 'cuda:N' or 'auto' -> a usable device string; a clear error otherwise."""
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise MbsbenchError(f"unknown device {name!r}; expected cpu, cuda, cuda:N or auto") from None
+    if device.type not in ("cpu", "cuda"):
+        raise MbsbenchError(f"unsupported device {name!r}; expected cpu, cuda, cuda:N or auto")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise MbsbenchError(f"device {name!r} asked for, but this machine has no CUDA device (use --device cpu)")
+    return name
+
+
+def device_name(device: str) -> str:
+    """Human-readable device: GPU model, or CPU model with the torch thread count."""
+    if torch.device(device).type == "cuda":
+        return torch.cuda.get_device_name(torch.device(device))
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as info:
+            cpu = next((line.split(":", 1)[1].strip() for line in info if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return f"CPU {cpu} ({torch.get_num_threads()} threads)"

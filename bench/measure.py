@@ -1,0 +1,125 @@
+"""Instruments: wall-clock timing, saved-for-backward bytes, peak live tensor bytes.
+
+Each is calibrated in tests/test_measure.py against a known sleep or a known allocation.
+"""
+
+import statistics
+import time
+import weakref
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+
+MIB = 2**20
+
+
+def synchronize(device: torch.device | str) -> None:
+    """Wait for queued kernels on CUDA; nothing to wait for on CPU."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_call(fn: Callable[[], Any], repeats: int = 5, warmup: int = 1, device: str = "cpu") -> dict[str, float]:
+    """Median, min and max seconds of fn() over repeats, after warm-up calls (synchronized on CUDA)."""
+    for _ in range(warmup):
+        fn()
+    synchronize(device)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        synchronize(device)
+        times.append(time.perf_counter() - start)
+    return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times), "repeats": repeats}
+
+
+class _StorageLedger:
+    """Bytes of distinct storages seen, each counted once while it lives."""
+
+    def __init__(self) -> None:
+        self.refs: dict[int, weakref.ref] = {}
+        self.current = 0
+        self.peak = 0
+
+    def _release(self, key: int, nbytes: int) -> None:
+        self.current -= nbytes
+        self.refs.pop(key, None)
+
+    def add(self, tensor: torch.Tensor) -> None:
+        if tensor.device.type == "meta":
+            return
+        storage = tensor.untyped_storage()
+        key = id(storage)
+        known = self.refs.get(key)
+        if known is not None and known() is storage:
+            return
+        nbytes = storage.nbytes()
+        self.refs[key] = weakref.ref(storage)
+        weakref.finalize(storage, self._release, key, nbytes)
+        self.current += nbytes
+        self.peak = max(self.peak, self.current)
+
+
+class LiveTensorPeak(TorchDispatchMode):
+    """Peak bytes of live tensor storages while active (CPU or CUDA, any allocator).
+
+    Every op's outputs are recorded; a storage stops counting when it is freed. Storages that
+    existed before (parameters, inputs) count only if passed as `baseline`.
+    """
+
+    def __init__(self, baseline: Iterable[torch.Tensor] = ()) -> None:
+        super().__init__()
+        self.ledger = _StorageLedger()
+        for tensor in baseline:
+            self.ledger.add(tensor)
+
+    @property
+    def peak_bytes(self) -> int:
+        return self.ledger.peak
+
+    @property
+    def current_bytes(self) -> int:
+        return self.ledger.current
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for item in tree_flatten(out)[0]:
+            if isinstance(item, torch.Tensor):
+                self.ledger.add(item)
+        return out
+
+
+class SavedTensorBytes:
+    """Bytes of distinct storages autograd saves for backward inside the block (saved-tensor hooks)."""
+
+    def __init__(self) -> None:
+        self.ledger = _StorageLedger()
+        self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t)
+
+    def _pack(self, tensor: torch.Tensor) -> torch.Tensor:
+        self.ledger.add(tensor)
+        return tensor
+
+    @property
+    def total_bytes(self) -> int:
+        """Bytes saved and still alive, counted at their most (a storage saved twice counts once)."""
+        return self.ledger.peak
+
+    def __enter__(self) -> "SavedTensorBytes":
+        self._hooks.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._hooks.__exit__(*exc)
+
+
+def cuda_peak_bytes(fn: Callable[[], Any], device: str = "cuda") -> int:
+    """Peak bytes the CUDA caching allocator held for tensors during fn(), reset before it."""
+    synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    fn()
+    synchronize(device)
+    return torch.cuda.max_memory_allocated(device)

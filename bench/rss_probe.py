@@ -1,0 +1,33 @@
+"""Fresh-process probe: build a model from a config, run one step, print the peak RSS as JSON."""
+
+import argparse
+import json
+import resource
+
+import torch
+
+from bench.profile import make_workload
+from variants.config import ModelConfig
+from variants.registry import build_model
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--config", required=True, help="ModelConfig fields as JSON")
+    parser.add_argument("--mode", choices=("train", "infer"), required=True)
+    parser.add_argument("--batch", type=int, required=True)
+    parser.add_argument("--seconds", type=float, required=True)
+    parser.add_argument("--dtype", default="float32")
+    args = parser.parse_args()
+    fields = json.loads(args.config)
+    cfg = ModelConfig(**(fields | {"band_widths": tuple(fields["band_widths"])}))
+    torch.manual_seed(0)
+    work = make_workload(build_model(cfg), cfg, args.batch, args.seconds, "cpu", args.dtype)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    work.train() if args.mode == "train" else work.infer()
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    print(json.dumps({"peak_rss_mib": peak, "rss_before_steps_mib": before}))
+
+
+if __name__ == "__main__":
+    main()

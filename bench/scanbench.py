@@ -1,0 +1,147 @@
+"""`bench scan`: every selective-scan implementation on the shapes the models use, and whole training steps."""
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from bench.measure import MIB, LiveTensorPeak, SavedTensorBytes, time_call
+from variants.config import ModelConfig
+from variants.registry import build_config, build_model
+from variants.scan import INDEXED_LOOPS, SCANS, cuda_scan_available, selective_scan_ref
+
+FRAMES_2S = 251  # 2 s at hop 128, centered STFT
+
+
+@dataclass(frozen=True)
+class ScanShape:
+    """One scan call of a model: b = sequences, l = steps, d = channels, n = state size."""
+
+    name: str
+    b: int
+    l: int  # noqa: E741 - the paper's symbol
+    d: int
+    n: int
+
+
+def model_shapes(batch: int = 1, frames: int = FRAMES_2S) -> list[ScanShape]:
+    """Time scan of original and optimized (b = batch * 31 bands) and the band scan of original (l = 31)."""
+    return [
+        ScanShape("original time", batch * 31, frames, 256, 16),
+        ScanShape("optimized time", batch * 31, frames, 128, 12),
+        ScanShape("original band", batch * frames, 31, 256, 16),
+    ]
+
+
+def scan_inputs(shape: ScanShape, dtype: torch.dtype, device: str, seed: int = 0) -> list[Tensor]:
+    """Inputs distributed as in an initialised model: delta in [1e-3, 0.1], A = -(1..n)."""
+    g = torch.Generator().manual_seed(seed)
+    b, steps, d, n = shape.b, shape.l, shape.d, shape.n
+    u = torch.randn(b, steps, d, generator=g)
+    delta = torch.exp(torch.empty(b, steps, d).uniform_(-6.9, -2.3, generator=g))
+    A = -torch.arange(1, n + 1, dtype=torch.float32).repeat(d, 1)
+    B, C = torch.randn(b, steps, n, generator=g), torch.randn(b, steps, n, generator=g)
+    D = torch.ones(d)
+    return [t.to(device=device, dtype=dtype).requires_grad_() for t in (u, delta, A, B, C, D)]
+
+
+BENCH_SCANS: dict[str, Callable] = {**INDEXED_LOOPS, **SCANS}
+
+
+def available_scans(device: str) -> list[str]:
+    """Scan names that can run on this device: the reference's indexed loops, ours, cuda where it can."""
+    names = [n for n in BENCH_SCANS if n not in ("cuda", "auto")]
+    if torch.device(device).type == "cuda" and cuda_scan_available():
+        names.append("cuda")
+    return names
+
+
+def _rel_err(a: Tensor, b: Tensor) -> float:
+    return ((a.double().cpu() - b).abs().max() / b.abs().max().clamp_min(1e-30)).item()
+
+
+def reference_outputs(inputs: list[Tensor], grad_out: Tensor) -> tuple[Tensor, tuple[Tensor, ...]]:
+    """Float64 reference output and input gradients, computed on CPU."""
+    ref_in = [t.detach().double().cpu().requires_grad_() for t in inputs]
+    y = selective_scan_ref(*ref_in)
+    return y.detach(), torch.autograd.grad(y, ref_in, grad_out.double().cpu())
+
+
+def measure_scan(fn: Callable, inputs: list[Tensor], chunk: int, repeats: int, device: str) -> dict:
+    """Forward and forward+backward time, saved-for-backward bytes and peak live bytes of one scan."""
+    no_grad = [t.detach() for t in inputs]
+    grad_out = torch.ones_like(inputs[0])
+
+    def forward() -> None:
+        with torch.no_grad():
+            fn(*no_grad, chunk_size=chunk)
+
+    def train() -> None:
+        torch.autograd.grad(fn(*inputs, chunk_size=chunk), inputs, grad_out)
+
+    with SavedTensorBytes() as saved:
+        y = fn(*inputs, chunk_size=chunk)
+    del y
+    with LiveTensorPeak(baseline=inputs) as live:
+        train()
+    return {
+        "fwd_s": time_call(forward, repeats, 1, device)["median_s"],
+        "fwd_bwd_s": time_call(train, repeats, 1, device)["median_s"],
+        "saved_mib": saved.total_bytes / MIB,
+        "peak_live_mib": live.peak_bytes / MIB,
+    }
+
+
+def bench_scans(
+    shapes: list[ScanShape], names: list[str], chunk: int = 32, repeats: int = 3,
+    device: str = "cpu", dtype: torch.dtype = torch.float32, check: bool = True,
+) -> list[dict]:
+    """One row per (shape, scan): timings, memory and max relative error against float64."""
+    rows = []
+    for shape in shapes:
+        inputs = scan_inputs(shape, dtype, device)
+        grad_out = torch.randn_like(inputs[0])
+        ref = reference_outputs(inputs, grad_out) if check else None
+        for name in names:
+            row = {"shape": shape.name, "scan": name, "b": shape.b, "l": shape.l, "d": shape.d, "n": shape.n}
+            row |= measure_scan(BENCH_SCANS[name], inputs, chunk, repeats, device)
+            if ref is not None:
+                y = BENCH_SCANS[name](*inputs, chunk_size=chunk)
+                grads = torch.autograd.grad(y, inputs, grad_out)
+                row["max_rel_err"] = max([_rel_err(y, ref[0])] + [_rel_err(g, r) for g, r in zip(grads, ref[1])])
+            rows.append(row)
+    return rows
+
+
+def training_step(model: torch.nn.Module, wav: Tensor, optimizer: torch.optim.Optimizer) -> None:
+    """Forward, L1 loss against the input, backward, optimizer step."""
+    optimizer.zero_grad(set_to_none=True)
+    (model(wav) - wav).abs().mean().backward()
+    optimizer.step()
+
+
+def measure_training_step(cfg: ModelConfig, batch: int, seconds: float, repeats: int, device: str) -> dict:
+    """Median time and peak live tensor bytes of one training step of a config's model."""
+    torch.manual_seed(0)
+    model = build_model(cfg).to(device).train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    wav = torch.randn(batch, int(seconds * cfg.sample_rate), device=device) * 0.1
+    training_step(model, wav, optimizer)  # creates the optimizer state outside the measured step
+    state = [t for s in optimizer.state.values() for t in s.values() if isinstance(t, Tensor)]
+    with LiveTensorPeak(baseline=[*model.parameters(), *state, wav]) as live:
+        training_step(model, wav, optimizer)
+    timing = time_call(lambda: training_step(model, wav, optimizer), repeats, 0, device)
+    return {"step_s": timing["median_s"], "peak_live_mib": live.peak_bytes / MIB}
+
+
+def bench_model_step(
+    variant: str, names: list[str], batch: int = 1, seconds: float = 1.0, repeats: int = 2,
+    device: str = "cpu",
+) -> list[dict]:
+    """Whole training step of a model with each scan: time and peak live tensor bytes."""
+    rows = []
+    for name in names:
+        row = {"model": variant, "scan": name, "batch": batch, "seconds": seconds}
+        rows.append(row | measure_training_step(build_config(variant, scan=name), batch, seconds, repeats, device))
+    return rows
