@@ -1,10 +1,11 @@
-"""python -m bench: list, params, profile, scan."""
+"""python -m bench: list, params, profile, scan, data, evaluate, metrics."""
 
 import argparse
 import json
 import sys
 from dataclasses import asdict
 
+from bench.cli_quality import add_quality_commands
 from bench.devices import device_name, resolve_device
 from bench.params import model_param_rows, variant_summaries
 from bench.profile import ProfileSettings, profile_variant, record_profile
@@ -160,6 +161,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-track", action="store_true", help="do not log to MLflow")
     _add_format(p)
     p.set_defaults(func=cmd_profile)
+    add_quality_commands(sub, _add_format)
     p = sub.add_parser("scan", help="every selective-scan implementation: time, memory, error")
     p.add_argument("--batch", type=int, default=1, help="utterances per batch (sequences = batch x 31 bands)")
     p.add_argument("--frames", type=int, default=251, help="time steps of the time scans (251 = 2 s)")

@@ -178,3 +178,26 @@ def search_runs(uri: str, experiment: str):
         raise MbsbenchError(f"no experiment {experiment!r} in {uri}")
     mlflow.set_tracking_uri(uri)
     return mlflow.search_runs(experiment_ids=[found.experiment_id])
+
+
+def record_evaluation(uri: str, result, paths: dict, audio: list, info: dict) -> str:
+    """Log an evaluation: summary means, CI and n per metric, the CSVs and a few wavs."""
+    import soundfile as sf
+
+    tags = provenance_tags(info["device"]) | {"task": "evaluate", "variant": info["label"],
+                                              "data_fingerprint": info["data_fingerprint"]}
+    with start_run(uri, "mbsbench-evaluate", f"evaluate {info['label']} {info['split']}", tags) as run:
+        run.log_params(info)
+        metrics = {}
+        for row in result.summary.to_dict("records"):
+            metrics |= {row["metric"]: row["mean"], f"{row['metric']}_ci95": row["ci95"],
+                        f"{row['metric']}_n": row["n_scored"]}
+        run.log_metrics({k: v for k, v in metrics.items() if v == v})
+        for path in paths.values():
+            run.tracking.log_artifact(run.run_id, str(path))
+        with tempfile.TemporaryDirectory() as folder:
+            for name, wav in audio:
+                sf.write(Path(folder) / f"{name}.wav", wav, 16000)
+            if audio:
+                run.tracking.log_artifacts(run.run_id, folder, "enhanced")
+        return run.run_id

@@ -1,0 +1,91 @@
+"""Enhance a split (or take the noisy input as it is), score every utterance, summarise, record."""
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from bench.data import Dataset, Pair, check_pair, is_skipped, load_pair
+from bench.metrics import METRICS, score_many, summarize
+from variants.pcs import perceptual_contrast_stretch
+
+
+@dataclass
+class Evaluation:
+    """Per-utterance scores, the summary, per-SNR means, and what was skipped."""
+
+    per_utterance: pd.DataFrame
+    summary: pd.DataFrame
+    per_snr: pd.DataFrame
+    skipped: list[str]
+
+
+def enhance(model: nn.Module | None, noisy: np.ndarray, device: str) -> np.ndarray:
+    """The model's output for one full utterance (batch 1), or the noisy input when model is None."""
+    if model is None:
+        return noisy
+    with torch.no_grad():
+        out = model(torch.from_numpy(noisy).to(device)[None])
+    return out[0].float().cpu().numpy()
+
+
+def pcs(wav: np.ndarray) -> np.ndarray:
+    """Perceptual contrast stretching of one waveform."""
+    return perceptual_contrast_stretch(torch.from_numpy(wav.astype(np.float32))[None])[0].numpy()
+
+
+def usable_pairs(pairs: list[Pair]) -> tuple[list[Pair], list[str]]:
+    """Pairs that can be scored, and one line per skipped pair."""
+    keep, skipped = [], []
+    for pair in pairs:
+        problems = check_pair(pair)
+        if is_skipped(problems):
+            skipped.append(f"{pair.id}: " + "; ".join(p.reason for p in problems))
+        else:
+            keep.append(pair)
+    return keep, skipped
+
+
+def evaluate(
+    dataset: Dataset, split: str = "test", model: nn.Module | None = None, device: str = "cpu",
+    with_pcs: bool = False, compat: bool = False, workers: int = 0,
+    progress: Callable[[int], None] | None = None, keep_audio: int = 0,
+) -> tuple[Evaluation, list[tuple[str, np.ndarray]]]:
+    """Score a split: the model's output (or the noisy input), and with PCS too when asked."""
+    pairs, skipped = usable_pairs(dataset.split(split))
+    if model is not None:
+        model.eval()
+    items, pcs_items, audio = [], [], []
+    for pair in pairs:
+        clean, noisy = load_pair(pair)
+        out = enhance(model, noisy, device)
+        items.append((pair.id, clean, out))
+        if with_pcs:
+            pcs_items.append((pair.id, clean, pcs(out)))
+        if len(audio) < keep_audio:
+            audio.append((pair.id, out))
+    table = pd.DataFrame(score_many(items, workers, compat, progress))
+    meta = pd.DataFrame([{"id": p.id, "speaker": p.speaker, "snr_db": p.snr_db, "noise": p.noise} for p in pairs])
+    table = meta.merge(table, on="id") if len(table) else meta
+    if with_pcs:
+        extra = pd.DataFrame(score_many(pcs_items, workers, compat, progress)).set_index("id")
+        table = table.join(extra[list(METRICS)].add_suffix("_pcs"), on="id")
+    names = list(METRICS) + ([f"{m}_pcs" for m in METRICS] if with_pcs else [])
+    per_snr = table.groupby("snr_db")[names].mean().reset_index() if table["snr_db"].notna().any() else pd.DataFrame()
+    return Evaluation(table, summarize(table, names), per_snr, skipped), audio
+
+
+def write_evaluation(result: Evaluation, folder: Path) -> dict[str, Path]:
+    """per_utterance.csv, summary.csv, per_snr.csv and skipped.txt in folder."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = {name: folder / f"{name}.csv" for name in ("per_utterance", "summary", "per_snr")}
+    result.per_utterance.to_csv(paths["per_utterance"], index=False)
+    result.summary.to_csv(paths["summary"], index=False)
+    result.per_snr.to_csv(paths["per_snr"], index=False)
+    paths["skipped"] = folder / "skipped.txt"
+    paths["skipped"].write_text("".join(line + "\n" for line in result.skipped))
+    return paths

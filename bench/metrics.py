@@ -1,0 +1,124 @@
+"""Per-utterance speech-quality metrics at 16 kHz, full length, and their summaries.
+
+PESQ (wideband, `pesq` package), STOI and ESTOI (`pystoi`), CSIG/CBAK/COVL and segmental SNR
+(bench/composite.py), SI-SDR. A metric that cannot score an utterance gives NaN and a reason.
+"""
+
+import math
+import multiprocessing
+import warnings
+from collections.abc import Iterable
+from concurrent.futures import ProcessPoolExecutor
+
+import numpy as np
+import pandas as pd
+
+from bench.composite import composite
+
+METRICS = ("pesq_wb", "stoi", "estoi", "csig", "cbak", "covl", "ssnr", "si_sdr")
+RATE = 16000
+
+
+def pesq_wb(clean: np.ndarray, enhanced: np.ndarray) -> tuple[float, str]:
+    """Wideband PESQ (ITU-T P.862.2) MOS-LQO, or NaN and the scorer's reason."""
+    from pesq import pesq
+
+    try:
+        return float(pesq(RATE, clean, enhanced, "wb")), ""
+    except Exception as err:  # the package raises its own error classes for unscorable input
+        return math.nan, f"pesq: {type(err).__name__} {str(err)[:100]}".strip()
+
+
+def stoi_pair(clean: np.ndarray, enhanced: np.ndarray, extended: bool) -> tuple[float, str]:
+    """STOI or ESTOI; NaN when there are too few active frames (pystoi would return 1e-5 or 0)."""
+    from pystoi import stoi
+
+    name = "estoi" if extended else "stoi"
+    if not np.any(clean):  # pystoi keeps every frame of a silent reference and returns a silent 0
+        return math.nan, f"{name}: not enough active (non-silent) frames: silent reference"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        value = float(stoi(clean, enhanced, RATE, extended=extended))
+    if any("Not enough STFT frames" in str(w.message) for w in caught):
+        return math.nan, f"{name}: not enough active (non-silent) frames"
+    return value, ""
+
+
+def si_sdr(clean: np.ndarray, enhanced: np.ndarray) -> tuple[float, str]:
+    """Scale-invariant SDR in dB (Le Roux et al. 2019), zero-mean signals."""
+    s = clean.astype(np.float64) - clean.mean()
+    e = enhanced.astype(np.float64) - enhanced.mean()
+    energy = np.dot(s, s)
+    if energy == 0:
+        return math.nan, "si_sdr: silent reference"
+    target = np.dot(e, s) / energy * s
+    residual = e - target
+    return float(10 * np.log10(np.dot(target, target) / max(np.dot(residual, residual), 1e-300))), ""
+
+
+def score_pair(clean: np.ndarray, enhanced: np.ndarray, compat: bool = False) -> dict:
+    """Every metric of one utterance, plus 'reasons' (';'-joined) for those that are NaN."""
+    n = min(len(clean), len(enhanced))
+    clean, enhanced = np.asarray(clean[:n], np.float64), np.asarray(enhanced[:n], np.float64)
+    out, reasons = {}, []
+    for name, (value, reason) in (
+        ("pesq_wb", pesq_wb(clean, enhanced)),
+        ("stoi", stoi_pair(clean, enhanced, False)),
+        ("estoi", stoi_pair(clean, enhanced, True)),
+        ("si_sdr", si_sdr(clean, enhanced)),
+    ):
+        out[name] = value
+        reasons += [reason] if reason else []
+    parts = composite(clean, enhanced, out["pesq_wb"], RATE, compat)
+    if math.isnan(out["pesq_wb"]):
+        parts |= {k: math.nan for k in ("csig", "cbak", "covl")}
+        reasons.append("csig/cbak/covl: need PESQ")
+    if math.isnan(parts["ssnr"]):
+        reasons.append("ssnr: shorter than one 30 ms frame")
+    out |= {k: parts[k] for k in ("csig", "cbak", "covl", "ssnr")} | {"llr": parts["llr"], "wss": parts["wss"]}
+    out["reasons"] = "; ".join(reasons)
+    return out
+
+
+def _score_item(item: tuple) -> dict:
+    key, clean, enhanced, compat = item
+    return {"id": key} | score_pair(clean, enhanced, compat)
+
+
+def score_many(items: Iterable[tuple[str, np.ndarray, np.ndarray]], workers: int = 0, compat: bool = False,
+               progress=None) -> list[dict]:
+    """score_pair over (id, clean, enhanced) items in a process pool (workers 0: all cores)."""
+    jobs = [(key, c, e, compat) for key, c, e in items]
+    workers = workers or multiprocessing.cpu_count()
+    if workers == 1 or len(jobs) < 2:
+        results = []
+        for job in jobs:
+            results.append(_score_item(job))
+            if progress:
+                progress(1)
+        return results
+    results = []
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        for result in pool.map(_score_item, jobs, chunksize=max(1, len(jobs) // (4 * workers))):
+            results.append(result)
+            if progress:
+                progress(1)
+    return results
+
+
+def summarize(table: pd.DataFrame, metrics: Iterable[str] = METRICS) -> pd.DataFrame:
+    """Per metric: mean, std, 95% CI half-width (Student t), n scored and n total."""
+    from scipy.stats import t as student_t
+
+    rows = []
+    for name in metrics:
+        if name not in table:
+            continue
+        values = table[name].astype(float)
+        scored = values.dropna()
+        n = len(scored)
+        std = float(scored.std(ddof=1)) if n > 1 else math.nan
+        half = float(student_t.ppf(0.975, n - 1) * std / math.sqrt(n)) if n > 1 else math.nan
+        rows.append({"metric": name, "mean": float(scored.mean()) if n else math.nan, "std": std,
+                     "ci95": half, "n_scored": n, "n_total": len(values)})
+    return pd.DataFrame(rows)
