@@ -1,20 +1,17 @@
-"""python -m bench: list, params, profile, scan, data, evaluate, metrics."""
+"""python -m bench: list, params, profile, scan, data, evaluate, metrics, run, ablate."""
 
 import argparse
 import json
 import sys
 from dataclasses import asdict
 
+from bench.cli_measure import add_measure_commands
 from bench.cli_quality import add_quality_commands
-from bench.devices import device_name, resolve_device
+from bench.cli_run import add_run_commands
 from bench.params import model_param_rows, variant_summaries
-from bench.profile import ProfileSettings, profile_variant, record_profile
-from bench.scanbench import available_scans, bench_model_step, bench_scans, model_shapes
 from bench.text import format_table
-from bench.tracking import check_reachable, resolve_uri
 from variants.errors import MbsbenchError
-from variants.registry import all_names, build_config, lookup, parse_overrides
-from variants.scan import INDEXED_LOOPS
+from variants.registry import build_config, parse_overrides
 
 
 def _add_variant_args(parser: argparse.ArgumentParser) -> None:
@@ -46,92 +43,6 @@ def cmd_params(args: argparse.Namespace) -> str:
     return title + format_table(shown, ["module", "kind", "params"], right=["params"])
 
 
-def _names(text: str | None, known: list[str]) -> list[str]:
-    if not text:
-        return known
-    names = [n.strip() for n in text.split(",") if n.strip()]
-    for name in names:
-        lookup({k: k for k in known}, name, "scan")
-    return names
-
-
-def cmd_scan(args: argparse.Namespace) -> str:
-    device = resolve_device(args.device)
-    known = available_scans(device)
-    if args.model:
-        step_names = _names(args.scans, [n for n in known if n not in INDEXED_LOOPS])
-        rows = bench_model_step(args.model, step_names, args.batch, args.seconds, args.repeats, device)
-        columns = ["model", "scan", "batch", "seconds", "step_s", "peak_live_mib"]
-    else:
-        shapes = model_shapes(args.batch, args.frames)
-        rows = bench_scans(shapes, _names(args.scans, known), args.chunk, args.repeats, device, check=not args.no_check)
-        columns = ["shape", "scan", "b", "l", "d", "n", "fwd_s", "fwd_bwd_s", "saved_mib", "peak_live_mib"]
-        columns += [] if args.no_check else ["max_rel_err"]
-    if args.format == "json":
-        return json.dumps({"device": device_name(device), "chunk_size": args.chunk, "rows": rows}, indent=2)
-    head = f"device: {device_name(device)}, float32, chunk {args.chunk}, median of {args.repeats} after warm-up\n"
-    return head + format_table(rows, columns, right=[c for c in columns if c not in ("shape", "scan", "model")])
-
-
-PROFILE_COLUMNS = [
-    "variant", "params", "macs_g_per_s", "scan_macs_g_per_s", "peak_mem_train_mib", "peak_mem_infer_mib",
-    "peak_rss_train_mib", "max_batch_train", "infer_step_s", "train_step_s", "rtf_infer", "status",
-]
-
-
-def _floats(text: str | None) -> tuple[float, ...]:
-    try:
-        return tuple(float(x) for x in text.split(",") if x.strip()) if text else ()
-    except ValueError:
-        raise MbsbenchError(f"--lengths {text!r}: expected comma-separated seconds, e.g. 1,2,4,8") from None
-
-
-def cmd_profile(args: argparse.Namespace) -> str:
-    device = resolve_device(args.device)
-    settings = ProfileSettings(
-        batch=args.batch, seconds=args.seconds, device=device, dtype=args.dtype, budget_gb=args.budget_gb,
-        lengths=_floats(args.lengths), repeats=args.repeats, rss=not args.no_rss,
-    )
-    overrides = parse_overrides(args.set)
-    names = all_names() if args.all else [args.variant]
-    configs = {name: build_config(name, **overrides) for name in names}
-    uri = None if args.no_track else resolve_uri(args.tracking_uri)
-    if uri:
-        check_reachable(uri)
-    rows = []
-    for index, (name, cfg) in enumerate(configs.items(), 1):
-        print(f"[{index}/{len(configs)}] profiling {name} ...", file=sys.stderr, flush=True)
-        rows.append(profile_or_record_failure(name, cfg, settings))
-        if uri:
-            table = cmd_params_text(name, cfg)
-            rows[-1]["run_id"] = record_profile(rows[-1], cfg, uri, table)
-    if args.format == "json":
-        return json.dumps(rows, indent=2, default=str)
-    s = settings
-    head = f"device: {rows[0]['device']}, {s.dtype}, batch {s.batch}, {s.seconds} s per utterance, "
-    head += f"median of {s.repeats}; memory in MiB (live tensor peak), max batch in {s.budget_gb} GiB\n"
-    return head + format_table(rows, PROFILE_COLUMNS, right=PROFILE_COLUMNS[1:-1])
-
-
-def profile_or_record_failure(name: str, cfg, settings: ProfileSettings) -> dict:
-    """profile_variant, with an unexpected failure recorded as the row's result so a sweep goes on."""
-    try:
-        return profile_variant(name, cfg, settings)
-    except MbsbenchError:
-        raise
-    except Exception as err:  # a failure is a result: recorded with its reason
-        reason = f"{type(err).__name__}: {str(err).splitlines()[0][:300] if str(err) else ''}"
-        print(f"  {name} failed: {reason}", file=sys.stderr)
-        return {"variant": name, "device": device_name(settings.device), "status": "error", "reason": reason,
-                "memory_curve": []}
-
-
-def cmd_params_text(name: str, cfg) -> str:
-    rows = model_param_rows(cfg)
-    shown = [{**asdict(r), "module": "  " * max(r.depth - 1, 0) + r.module} for r in rows]
-    return f"{name}: {rows[0].params:,} parameters\n" + format_table(shown, ["module", "kind", "params"], ["params"])
-
-
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench", description="mbsbench: measure MBS-Net variants")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -144,36 +55,9 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--depth", type=int, default=4, help="deepest module level shown (default 4: blocks)")
     _add_format(p)
     p.set_defaults(func=cmd_params)
-    p = sub.add_parser("profile", help="params, MACs, peak memory, max batch, throughput; logged to MLflow")
-    which = p.add_mutually_exclusive_group(required=True)
-    which.add_argument("--variant", help="registered name, e.g. original+expand1")
-    which.add_argument("--all", action="store_true", help="every registered variant and single change")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
-    p.add_argument("--batch", type=int, default=6)
-    p.add_argument("--seconds", type=float, default=2.0, help="audio per utterance")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
-    p.add_argument("--dtype", default="float32", help="float32 or bfloat16 (autocast)")
-    p.add_argument("--budget-gb", type=float, default=12.0, help="memory budget in GiB for the max batch")
-    p.add_argument("--lengths", help="extra seconds for the memory-vs-length curve, e.g. 1,2,4,8")
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--no-rss", action="store_true", help="skip the fresh-process peak RSS measurement")
-    p.add_argument("--tracking-uri", help="MLflow URI (default: MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
-    p.add_argument("--no-track", action="store_true", help="do not log to MLflow")
-    _add_format(p)
-    p.set_defaults(func=cmd_profile)
     add_quality_commands(sub, _add_format)
-    p = sub.add_parser("scan", help="every selective-scan implementation: time, memory, error")
-    p.add_argument("--batch", type=int, default=1, help="utterances per batch (sequences = batch x 31 bands)")
-    p.add_argument("--frames", type=int, default=251, help="time steps of the time scans (251 = 2 s)")
-    p.add_argument("--chunk", type=int, default=32, help="chunk size of the chunked scans")
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--scans", help="comma-separated subset, e.g. naive,chunked_ckpt")
-    p.add_argument("--model", help="time a whole training step of this variant with each scan instead")
-    p.add_argument("--seconds", type=float, default=1.0, help="audio per utterance for --model")
-    p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
-    p.add_argument("--no-check", action="store_true", help="skip the float64 reference comparison")
-    _add_format(p)
-    p.set_defaults(func=cmd_scan)
+    add_run_commands(sub, _add_format)
+    add_measure_commands(sub, _add_format)
     return parser
 
 

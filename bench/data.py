@@ -6,6 +6,7 @@ them. Bad files are reported once each and handled as documented in CHECKS, neve
 
 import csv
 import hashlib
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -118,6 +119,12 @@ def load_pair(pair: Pair) -> tuple[np.ndarray, np.ndarray]:
     return clean[:n], noisy[:n]
 
 
+def rms_gain(noisy: np.ndarray) -> float:
+    """The reference's input normalisation: c = sqrt(len / sum(noisy^2)); both signals are scaled by c."""
+    energy = float((noisy**2).sum())
+    return math.sqrt(len(noisy) / energy) if energy > 0 else 1.0
+
+
 def check_pair(pair: Pair) -> list[Problem]:
     """Every problem of one pair, each with the action taken."""
     problems, lengths = [], []
@@ -205,18 +212,33 @@ def open_synth(settings: SynthSettings | None = None, cache: Path | None = None)
     return Dataset(f"synth:{settings.key()}", splits)
 
 
+def synth_settings(text: str) -> SynthSettings:
+    """'' (defaults), 'SEED', or 'seed=1,train=40,val=8,test=16' -> SynthSettings."""
+    if not text:
+        return SynthSettings()
+    if text.isdigit():
+        return SynthSettings(seed=int(text))
+    fields = {}
+    for item in text.split(","):
+        key, _, value = item.partition("=")
+        if key not in ("seed", "train", "val", "test") or not value.isdigit():
+            raise MbsbenchError(f"synth:{text}: expected SEED or seed=N,train=N,val=N,test=N")
+        fields[key] = int(value)
+    return SynthSettings(**fields)
+
+
 def open_dataset(spec: str, cache: Path | None = None, seed: int = 0) -> Dataset:
     """synth | vbd:PATH | paired:CLEAN_DIR,NOISY_DIR (paired: every pair is in the 'test' split)."""
     kind, _, rest = spec.partition(":")
     if kind == "synth":
-        return open_synth(SynthSettings(seed=int(rest)) if rest else SynthSettings(), cache)
+        return open_synth(synth_settings(rest), cache)
     if kind == "vbd" and rest:
         return open_vbd(Path(rest).expanduser(), seed=seed)
     if kind == "paired" and rest.count(",") == 1:
         clean_dir, noisy_dir = (Path(p).expanduser() for p in rest.split(","))
         pairs, problems = pair_folders(clean_dir, noisy_dir)
         return Dataset(spec, {"test": pairs}, problems)
-    expected = "synth, synth:SEED, vbd:PATH or paired:CLEAN_DIR,NOISY_DIR"
+    expected = "synth, synth:SEED, synth:seed=N,train=N,val=N,test=N, vbd:PATH or paired:CLEAN_DIR,NOISY_DIR"
     raise MbsbenchError(f"unknown data spec {spec!r}; expected {expected}")
 
 

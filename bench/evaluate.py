@@ -9,7 +9,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from bench.data import Dataset, Pair, check_pair, is_skipped, load_pair
+from bench.data import Dataset, Pair, check_pair, is_skipped, load_pair, rms_gain
 from bench.metrics import METRICS, score_many, summarize
 from variants.pcs import perceptual_contrast_stretch
 
@@ -28,9 +28,10 @@ def enhance(model: nn.Module | None, noisy: np.ndarray, device: str) -> np.ndarr
     """The model's output for one full utterance (batch 1), or the noisy input when model is None."""
     if model is None:
         return noisy
+    gain = rms_gain(noisy)  # the model sees inputs normalised as in training; the output is scaled back
     with torch.no_grad():
-        out = model(torch.from_numpy(noisy).to(device)[None])
-    return out[0].float().cpu().numpy()
+        out = model(torch.from_numpy(noisy * gain).float().to(device)[None])
+    return out[0].float().cpu().numpy() / gain
 
 
 def pcs(wav: np.ndarray) -> np.ndarray:

@@ -122,3 +122,14 @@ def summarize(table: pd.DataFrame, metrics: Iterable[str] = METRICS) -> pd.DataF
         rows.append({"metric": name, "mean": float(scored.mean()) if n else math.nan, "std": std,
                      "ci95": half, "n_scored": n, "n_total": len(values)})
     return pd.DataFrame(rows)
+
+
+def summary_means(evaluation, prefix: str = "") -> dict[str, float]:
+    """{prefix + metric: mean, ..._ci95: half-width, ..._n: n scored} of an Evaluation's summary (or {})."""
+    if evaluation is None:
+        return {}
+    out = {}
+    for row in evaluation.summary.to_dict("records"):
+        name = prefix + row["metric"]
+        out |= {name: row["mean"], f"{name}_ci95": row["ci95"], f"{name}_n": row["n_scored"]}
+    return out

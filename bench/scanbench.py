@@ -145,3 +145,21 @@ def bench_model_step(
         row = {"model": variant, "scan": name, "batch": batch, "seconds": seconds}
         rows.append(row | measure_training_step(build_config(variant, scan=name), batch, seconds, repeats, device))
     return rows
+
+
+def record_scan_bench(rows: list[dict], uri: str, device: str, settings: dict) -> str:
+    """Log a `bench scan` table to MLflow (experiment 'mbsbench-scan'): one metric per row and figure."""
+    import json
+
+    from bench.tracking import provenance_tags, start_run
+
+    with start_run(uri, "mbsbench-scan", f"scan bench {settings.get('model') or 'shapes'}",
+                   provenance_tags(device) | {"task": "scan"}) as run:
+        run.log_params(settings)
+        metrics = {}
+        for row in rows:
+            label = "_".join(str(row.get(k, "")).replace(" ", "_") for k in ("shape", "model", "scan") if row.get(k))
+            metrics |= {f"{label}_{k}": v for k, v in row.items() if isinstance(v, float)}
+        run.log_metrics(metrics)
+        run.log_text(json.dumps(rows, indent=2), "scan_bench.json")
+        return run.run_id

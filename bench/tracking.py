@@ -182,22 +182,53 @@ def search_runs(uri: str, experiment: str):
 
 def record_evaluation(uri: str, result, paths: dict, audio: list, info: dict) -> str:
     """Log an evaluation: summary means, CI and n per metric, the CSVs and a few wavs."""
-    import soundfile as sf
-
     tags = provenance_tags(info["device"]) | {"task": "evaluate", "variant": info["label"],
                                               "data_fingerprint": info["data_fingerprint"]}
     with start_run(uri, "mbsbench-evaluate", f"evaluate {info['label']} {info['split']}", tags) as run:
         run.log_params(info)
-        metrics = {}
-        for row in result.summary.to_dict("records"):
-            metrics |= {row["metric"]: row["mean"], f"{row['metric']}_ci95": row["ci95"],
-                        f"{row['metric']}_n": row["n_scored"]}
-        run.log_metrics({k: v for k, v in metrics.items() if v == v})
+        from bench.metrics import summary_means
+
+        run.log_metrics({k: v for k, v in summary_means(result).items() if v == v})
         for path in paths.values():
             run.tracking.log_artifact(run.run_id, str(path))
-        with tempfile.TemporaryDirectory() as folder:
-            for name, wav in audio:
-                sf.write(Path(folder) / f"{name}.wav", wav, 16000)
-            if audio:
-                run.tracking.log_artifacts(run.run_id, folder, "enhanced")
+        _log_wavs(run, audio)
         return run.run_id
+
+
+def _log_wavs(run: Run, audio: list, folder_name: str = "enhanced") -> None:
+    import soundfile as sf
+
+    if not audio:
+        return
+    with tempfile.TemporaryDirectory() as folder:
+        for name, wav in audio:
+            sf.write(Path(folder) / f"{name}.wav", wav, 16000)
+        run.tracking.log_artifacts(run.run_id, folder, folder_name)
+
+
+def log_run_outcome(uri: str, info: dict, params: dict, figures: dict, train, paths: dict, audio: list,
+                    parent: str | None = None) -> str:
+    """Log one trained (variant, seed): params, figures, loss curves, CSVs, best checkpoint, a few wavs."""
+    tags = provenance_tags(info["device"]) | {"task": "run", "variant": info["variant"], "seed": str(info["seed"]),
+                                              "data_fingerprint": info["data_fingerprint"],
+                                              "status": info["status"], "reason": info["reason"][:500]}
+    with start_run(uri, "mbsbench-run", f"run {info['variant']} seed {info['seed']}", tags, parent) as run:
+        run.log_params(params)
+        run.log_metrics({k: v for k, v in figures.items() if isinstance(v, int | float) and v == v})
+        for step, loss in train.train_curve[:: max(1, len(train.train_curve) // 1000)]:
+            run.log_metrics({"train_loss": loss}, step=step)
+        for step, loss in train.val_curve:
+            run.log_metrics({"val_loss": loss}, step=step)
+        for path in paths.values():
+            run.tracking.log_artifact(run.run_id, str(path))
+        if train.best_path is not None and Path(train.best_path).is_file():
+            run.tracking.log_artifact(run.run_id, str(train.best_path), "checkpoint")
+        _log_wavs(run, audio)
+        return run.run_id
+
+
+@contextmanager
+def parent_run(uri: str, experiment: str, name: str, tags: Mapping[str, str]) -> Iterator[str]:
+    """A parent run whose id children pass as `parent`."""
+    with start_run(uri, experiment, name, tags) as run:
+        yield run.run_id

@@ -62,7 +62,7 @@ def test_profile_bad_input(extra: list[str], fragment: str) -> None:
 
 
 def test_sweep_goes_on_after_a_failure(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
-    import bench.__main__ as cli
+    import bench.cli_measure as cli
 
     real = cli.profile_variant
 

@@ -112,3 +112,21 @@ def test_cuda_scan_matches_reference() -> None:
     y = SCANS["cuda"](*inputs)
     y_ref = selective_scan_ref(*[t.detach().double().cpu() for t in inputs])
     assert rel_err(y.cpu(), y_ref) < 1e-4
+
+
+def test_scan_bench_cli(capsys: pytest.CaptureFixture) -> None:
+    from bench.__main__ import main
+
+    argv = ["scan", "--frames", "64", "--repeats", "1", "--no-track", "--format", "json",
+            "--scans", "naive,chunked,chunked_ckpt"]
+    assert main(argv) == 0
+    import json
+
+    rows = json.loads(capsys.readouterr().out)["rows"]
+    by = {(r["shape"], r["scan"]): r for r in rows}
+    assert len(rows) == 9
+    for row in rows:
+        assert row["max_rel_err"] < 1e-4 and row["fwd_s"] > 0 and row["peak_live_mib"] > 0
+    naive, ckpt = by[("original time", "naive")], by[("original time", "chunked_ckpt")]
+    assert ckpt["saved_mib"] < naive["saved_mib"] / 8
+    assert by[("original time", "chunked")]["saved_mib"] == pytest.approx(naive["saved_mib"], rel=0.01)

@@ -1,0 +1,126 @@
+"""Training: a tiny end-to-end run, exact resume, NaN as a result, and bad input."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from bench.__main__ import main
+from bench.data import open_dataset
+from bench.tracking import search_runs
+from bench.train import Trainer, TrainSettings
+from variants.registry import build, build_config
+
+TINY_DATA = "synth:seed=5,train=8,val=4,test=4"
+TINY_MODEL = ["--set", "feature_dim=16", "--set", "temporal_layers=1"]
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MBSBENCH_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+def tiny_trainer(folder: Path, steps: int, lr: float = 1e-3) -> Trainer:
+    torch.manual_seed(0)
+    cfg = build_config("optimized", feature_dim=16, temporal_layers=1)
+    data = open_dataset(TINY_DATA)
+    settings = TrainSettings(batch=2, crop_seconds=0.5, steps=steps, val_every=2, checkpoint_every=2, lr=lr)
+    return Trainer(build("optimized", feature_dim=16, temporal_layers=1), cfg, "optimized", data.split("train"),
+                   data.split("val"), settings, folder)
+
+
+def test_resume_reaches_the_same_weights(tmp_path: Path) -> None:
+    straight = tiny_trainer(tmp_path / "a", 6)
+    straight.run()
+    first = tiny_trainer(tmp_path / "b", 3)  # "killed" after 3 steps: last.pt holds step 3
+    first.run()
+    resumed = tiny_trainer(tmp_path / "b", 6)
+    result = resumed.run(resume=True)
+    assert result.steps == 6
+    for (name, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert [s for s, _ in result.train_curve] == list(range(1, 7))
+
+
+def test_nan_loss_is_a_result(tmp_path: Path) -> None:
+    result = tiny_trainer(tmp_path, 30, lr=1e8).run()
+    assert result.status == "nan" and "at step" in result.reason
+    assert result.steps < 30
+
+
+def test_best_checkpoint_follows_validation(tmp_path: Path) -> None:
+    result = tiny_trainer(tmp_path, 4).run()
+    losses = dict(result.val_curve)
+    assert result.best_step == min(losses, key=losses.get)
+    assert torch.load(result.best_path, weights_only=False)["step"] == result.best_step
+
+
+def test_run_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    argv = ["run", "--variant", "optimized", *TINY_MODEL, "--data", TINY_DATA, "--steps", "2", "--batch", "2",
+            "--crop-seconds", "0.5", "--workers", "1", "--out", str(tmp_path / "runs"), "--tracking-uri", uri,
+            "--format", "json", "--device", "cpu"]
+    assert main(argv) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert rows[0]["variant"] == "noisy input" and rows[1]["variant"] == "optimized"
+    assert rows[1]["status"] == "ok" and rows[1]["pesq_wb_n"] == 4
+    run = search_runs(uri, "mbsbench-run").iloc[0]
+    assert run["metrics.pesq_wb"] == pytest.approx(rows[1]["pesq_wb"])
+    assert run["metrics.noisy_pesq_wb"] == pytest.approx(rows[0]["pesq_wb"])
+    assert run["params.feature_dim"] == "16" and run["tags.data_fingerprint"]
+
+
+def run_cli(*argv: str, env_cache: Path) -> subprocess.CompletedProcess:
+    import os
+
+    env = os.environ | {"MBSBENCH_CACHE": str(env_cache)}
+    return subprocess.run([sys.executable, "-m", "bench", *argv], capture_output=True, text=True, timeout=300,
+                          env=env)
+
+
+@pytest.mark.parametrize(
+    "argv,fragment",
+    [
+        (["run", "--variant", "optimized", "--data", "mp3:/x", "--no-track"], "unknown data spec"),
+        (["run", "--variant", "optimized", "--data", "paired:{empty},{empty}", "--steps", "1", "--no-track"],
+         "no audio files"),
+        (["run", "--variant", "optimized", *TINY_MODEL, "--data", TINY_DATA, "--steps", "1", "--resume",
+          "--out", "{empty}", "--no-track", "--workers", "1"], "nothing to resume"),
+        (["run", "--variant", "optimized", "--data", TINY_DATA, "--seeds", "a", "--no-track"], "--seeds"),
+    ],
+)
+def test_run_bad_input(tmp_path: Path, argv: list[str], fragment: str) -> None:
+    (tmp_path / "empty").mkdir()
+    argv = [a.replace("{empty}", str(tmp_path / "empty")) for a in argv]
+    proc = run_cli(*argv, env_cache=tmp_path / "cache")
+    assert proc.returncode == 2, proc.stderr
+    lines = [line for line in proc.stderr.strip().splitlines() if line.startswith("error")]
+    assert len(lines) == 1 and fragment in lines[0], proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_ablate_parent_and_children(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    argv = ["ablate", "--base", "optimized", "--changes", "d_state12", *TINY_MODEL, "--data", TINY_DATA,
+            "--steps", "1", "--batch", "2", "--crop-seconds", "0.5", "--workers", "1", "--out", str(tmp_path / "r"),
+            "--tracking-uri", uri, "--format", "json", "--device", "cpu"]
+    assert main(argv) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["variant"] for r in rows] == ["noisy input", "optimized", "optimized-d_state12"]
+    runs = search_runs(uri, "mbsbench-run")
+    parent = runs[runs["tags.task"] == "ablate"]
+    children = runs[runs["tags.task"] == "run"]
+    assert len(parent) == 1 and len(children) == 2
+    assert (children["tags.mlflow.parentRunId"] == parent["run_id"].iloc[0]).all()
+
+
+def test_ablate_profile_only(capsys: pytest.CaptureFixture) -> None:
+    argv = ["ablate", "--base", "original", "--changes", "expand1,band_mlp", "--profile-only", *TINY_MODEL,
+            "--batch", "1", "--crop-seconds", "0.25", "--device", "cpu", "--format", "json"]
+    assert main(argv) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["variant"] for r in rows] == ["original", "original+expand1", "original+band_mlp"]
+    assert rows[1]["params"] < rows[0]["params"] and all(r["status"] == "ok" for r in rows)
