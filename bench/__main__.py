@@ -5,6 +5,7 @@ import json
 import sys
 from dataclasses import asdict
 
+from bench.cli import run_main
 from bench.cli_measure import add_measure_commands
 from bench.cli_quality import add_quality_commands
 from bench.cli_run import add_run_commands
@@ -62,13 +63,7 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = make_parser().parse_args(argv)
-    try:
-        print(args.func(args))
-    except MbsbenchError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    return run_main(make_parser(), argv)
 
 
 if __name__ == "__main__":

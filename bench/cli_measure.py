@@ -7,7 +7,7 @@ from dataclasses import asdict
 
 from bench.devices import device_name, resolve_device
 from bench.params import model_param_rows
-from bench.profile import ProfileSettings, profile_variant, record_profile
+from bench.profile import COMPARE_VARIANTS, ProfileSettings, compare_scans, profile_variant, record_profile
 from bench.scanbench import available_scans, bench_model_step, bench_scans, model_shapes, record_scan_bench
 from bench.text import format_table
 from bench.tracking import check_reachable, resolve_uri
@@ -68,6 +68,8 @@ def cmd_profile(args: argparse.Namespace) -> str:
         lengths=_floats(args.lengths), repeats=args.repeats, rss=not args.no_rss,
     )
     overrides = parse_overrides(args.set)
+    if args.compare is not None:
+        return _compare(args, settings, overrides)
     names = all_names() if args.all else [args.variant]
     configs = {name: build_config(name, **overrides) for name in names}
     uri = None if args.no_track else resolve_uri(args.tracking_uri)
@@ -86,6 +88,19 @@ def cmd_profile(args: argparse.Namespace) -> str:
     head = f"device: {rows[0]['device']}, {s.dtype}, batch {s.batch}, {s.seconds} s per utterance, "
     head += f"median of {s.repeats}; memory in MiB (live tensor peak), max batch in {s.budget_gb} GiB\n"
     return head + format_table(rows, PROFILE_COLUMNS, right=PROFILE_COLUMNS[1:-1])
+
+
+def _compare(args: argparse.Namespace, settings: ProfileSettings, overrides: dict) -> str:
+    names = [args.compare] if args.compare else list(COMPARE_VARIANTS)
+    scans = _names(args.scans, [n for n in available_scans(settings.device) if n not in INDEXED_LOOPS])
+    chunks = [int(c) for c in _floats(args.chunks)] or [32]
+    rows = compare_scans(names, scans, chunks, settings, overrides)
+    if args.format == "json":
+        return json.dumps(rows, indent=2)
+    columns = ["variant", "scan", "chunk", "infer_step_s", "train_step_s", "rtf_infer", "rtf_train"]
+    head = f"device: {device_name(settings.device)}, batch {settings.batch}, {settings.seconds} s, median of "
+    head += f"{settings.repeats} after {settings.warmup} warm-up\n"
+    return head + format_table(rows, columns, columns[2:])
 
 
 def profile_or_record_failure(name: str, cfg, settings: ProfileSettings) -> dict:
@@ -113,6 +128,8 @@ def add_measure_commands(sub, add_format) -> None:
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--variant", help="registered name, e.g. original+expand1")
     which.add_argument("--all", action="store_true", help="every registered variant and single change")
+    which.add_argument("--compare", nargs="?", const="", metavar="VARIANT",
+                       help="step times with each scan: original, optimized, optimized_a, bsrnn, or VARIANT")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
     p.add_argument("--batch", type=int, default=6)
     p.add_argument("--seconds", type=float, default=2.0, help="audio per utterance")
@@ -122,6 +139,8 @@ def add_measure_commands(sub, add_format) -> None:
     p.add_argument("--lengths", help="extra seconds for the memory-vs-length curve, e.g. 1,2,4,8")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--no-rss", action="store_true", help="skip the fresh-process peak RSS measurement")
+    p.add_argument("--scans", help="--compare: comma-separated scans (default: every available one)")
+    p.add_argument("--chunks", help="--compare: chunk sizes, e.g. 16,32,64,128 (default 32)")
     p.add_argument("--tracking-uri", help="MLflow URI (default: MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
     p.add_argument("--no-track", action="store_true", help="do not log to MLflow")
     add_format(p)

@@ -72,7 +72,8 @@ def format_evaluation(result: Evaluation, label: str, spec: str, split: str, fol
     """Summary and per-SNR tables as text."""
     rows = result.summary.to_dict("records")
     text = f"{label} on {spec} [{split}]: {len(result.per_utterance)} utterances scored, "
-    text += f"{len(result.skipped)} skipped; per-utterance CSV in {folder}\n"
+    text += f"{len(result.skipped)} skipped; metric stage {result.metric_seconds:.1f} s; "
+    text += f"per-utterance CSV in {folder}\n"
     text += format_table(rows, ["metric", "mean", "std", "ci95", "n_scored", "n_total"], ["mean", "std", "ci95"])
     if len(result.per_snr):
         cols = [c for c in result.per_snr.columns if not c.endswith("_pcs")]

@@ -1,5 +1,6 @@
 """Enhance a split (or take the noisy input as it is), score every utterance, summarise, record."""
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ class Evaluation:
     summary: pd.DataFrame
     per_snr: pd.DataFrame
     skipped: list[str]
+    metric_seconds: float = 0.0  # wall time of the metric stage (without PCS)
 
 
 def enhance(model: nn.Module | None, noisy: np.ndarray, device: str) -> np.ndarray:
@@ -69,7 +71,9 @@ def evaluate(
             pcs_items.append((pair.id, clean, pcs(out)))
         if len(audio) < keep_audio:
             audio.append((pair.id, out))
+    started = time.perf_counter()
     table = pd.DataFrame(score_many(items, workers, compat, progress))
+    metric_seconds = time.perf_counter() - started
     meta = pd.DataFrame([{"id": p.id, "speaker": p.speaker, "snr_db": p.snr_db, "noise": p.noise} for p in pairs])
     table = meta.merge(table, on="id") if len(table) else meta
     if with_pcs:
@@ -77,7 +81,7 @@ def evaluate(
         table = table.join(extra[list(METRICS)].add_suffix("_pcs"), on="id")
     names = list(METRICS) + ([f"{m}_pcs" for m in METRICS] if with_pcs else [])
     per_snr = table.groupby("snr_db")[names].mean().reset_index() if table["snr_db"].notna().any() else pd.DataFrame()
-    return Evaluation(table, summarize(table, names), per_snr, skipped), audio
+    return Evaluation(table, summarize(table, names), per_snr, skipped, metric_seconds), audio
 
 
 def write_evaluation(result: Evaluation, folder: Path) -> dict[str, Path]:

@@ -98,12 +98,19 @@ def score_many(items: Iterable[tuple[str, np.ndarray, np.ndarray]], workers: int
                 progress(1)
         return results
     results = []
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+    with ProcessPoolExecutor(workers, mp_context=_pool_context()) as pool:
         for result in pool.map(_score_item, jobs, chunksize=max(1, len(jobs) // (4 * workers))):
             results.append(result)
             if progress:
                 progress(1)
     return results
+
+
+def _pool_context():
+    # fork: a spawned worker re-imports the caller's __main__ (torch, mlflow: seconds per worker); the
+    # workers only run numpy, scipy and the PESQ C code, which are safe after fork
+    methods = multiprocessing.get_all_start_methods()
+    return multiprocessing.get_context("fork" if "fork" in methods else "spawn")
 
 
 def summarize(table: pd.DataFrame, metrics: Iterable[str] = METRICS) -> pd.DataFrame:

@@ -6,7 +6,7 @@ import sys
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 from torch import Tensor, nn
@@ -146,6 +146,12 @@ class Workload:
     def infer(self) -> None:
         inference_step(self.model, self.wav, self.dtype)
 
+    def fixed_bytes(self) -> int:
+        """Bytes that do not grow with the batch: parameters, their gradients, optimizer state."""
+        tensors = [t for t in self.resident() if t is not self.wav]
+        tensors += [p.grad for p in self.model.parameters() if p.grad is not None]
+        return sum(t.numel() * t.element_size() for t in tensors)
+
     def resident(self) -> list[Tensor]:
         state = [t for s in self.optimizer.state.values() for t in s.values() if isinstance(t, Tensor)]
         return [*self.model.parameters(), *state, self.wav]
@@ -212,7 +218,8 @@ class MemoryCurve:
             work = make_workload(self.model, self.cfg, batch, seconds, s.device, s.dtype)
             run = work.train if mode == "train" else work.infer
             run()  # warm-up; creates the optimizer state, which then counts as resident
-            point |= {"status": "ok", "peak_bytes": peak_bytes(run, work.resident(), s.device)}
+            point |= {"status": "ok", "peak_bytes": peak_bytes(run, work.resident(), s.device),
+                      "fixed_bytes": work.fixed_bytes()}
         except MemoryExceededError as err:
             point |= {"status": "oom", "reason": str(err)}
         except (RuntimeError, MemoryError) as err:
@@ -230,14 +237,21 @@ class MemoryCurve:
 
 
 def max_batch_predicted(curve: MemoryCurve, seconds: float, budget_bytes: float) -> int | None:
-    """Largest training batch under the budget from a line through the measured points at `seconds`."""
-    ok = sorted((p["batch"], p["peak_bytes"]) for p in curve.points
+    """Largest training batch under the budget from the measured points at `seconds`.
+
+    Two or more batch sizes: the line through the smallest and largest. One: the line through it and
+    its batch-independent part (parameters, gradients, optimizer state), measured exactly.
+    """
+    ok = sorted((p["batch"], p["peak_bytes"], p["fixed_bytes"]) for p in curve.points
                 if p["mode"] == "train" and p["seconds"] == seconds and p["status"] == "ok")
     if not ok:
         return None
-    (b1, p1), (b2, p2) = ok[0], ok[-1]
-    slope = (p2 - p1) / (b2 - b1) if b2 != b1 else p1 / b1
-    fixed = p1 - slope * b1
+    (b1, p1, f1), (b2, p2, _) = ok[0], ok[-1]
+    if b2 != b1:
+        slope = (p2 - p1) / (b2 - b1)
+        fixed = p1 - slope * b1
+    else:
+        slope, fixed = (p1 - f1) / b1, f1
     return max(int((budget_bytes - fixed) // slope), 0)
 
 
@@ -304,8 +318,7 @@ def throughput(model: nn.Module, cfg: ModelConfig, settings: ProfileSettings, mo
 def _train_points(settings: ProfileSettings) -> list[tuple[int, float]]:
     """(batch, seconds) points of the training-memory curve, smallest first."""
     s = settings
-    points = {(1, s.seconds), (s.batch if s.batch > 1 else 2, s.seconds), (s.batch, s.seconds)}
-    points |= {(s.batch, length) for length in s.lengths}
+    points = {(s.batch, s.seconds)} | {(s.batch, length) for length in s.lengths}
     return sorted(points, key=lambda p: p[0] * p[1])
 
 
@@ -378,3 +391,26 @@ def record_profile(result: dict, cfg: ModelConfig, uri: str, table_text: str = "
         if table_text:
             run.log_text(table_text, "params.txt")
         return run.run_id
+
+
+COMPARE_VARIANTS = ("original", "optimized", "optimized_a", "bsrnn")
+
+
+def compare_scans(names: list[str], scans: list[str], chunks: list[int], settings: ProfileSettings,
+                  overrides: dict | None = None) -> list[dict]:
+    """Inference and training-step time of each variant with each scan (and chunk size), one process."""
+    from variants.registry import build_config
+
+    rows = []
+    for name in names:
+        base = build_config(name, **(overrides or {}))
+        combos = [(base.scan, base.chunk_size)] if base.arch != "mbsnet" else \
+            [(scan, chunk) for scan in scans for chunk in (chunks if scan != "naive" else [base.chunk_size])]
+        for scan, chunk in combos:
+            cfg = replace(base, scan=scan, chunk_size=chunk) if base.arch == "mbsnet" else base
+            torch.manual_seed(0)
+            model = build_model(cfg).to(settings.device)
+            row = {"variant": name, "scan": scan if base.arch == "mbsnet" else "-", "chunk": chunk}
+            row |= throughput(model, cfg, settings, "infer") | throughput(model, cfg, settings, "train")
+            rows.append(row)
+    return rows

@@ -3,6 +3,7 @@
 import fcntl
 import importlib.metadata
 import json
+import logging
 import os
 import subprocess
 import tempfile
@@ -68,6 +69,9 @@ def _creation_lock(uri: str) -> Iterator[None]:
 def client(uri: str):
     """An MlflowClient for the URI, creating (once, under a lock) the sqlite store if needed."""
     from mlflow.tracking import MlflowClient
+
+    for name in ("mlflow", "alembic"):  # schema creation logs INFO lines on stderr: keep stderr for errors
+        logging.getLogger(name).setLevel(logging.WARNING)
 
     check_reachable(uri)
     with _creation_lock(uri):
@@ -232,3 +236,23 @@ def parent_run(uri: str, experiment: str, name: str, tags: Mapping[str, str]) ->
     """A parent run whose id children pass as `parent`."""
     with start_run(uri, experiment, name, tags) as run:
         yield run.run_id
+
+
+def experiment_runs(uri: str, experiment: str):
+    """Runs of an experiment as a DataFrame, or an empty one when the experiment does not exist."""
+    import pandas as pd
+
+    try:
+        return search_runs(uri, experiment)
+    except MbsbenchError:
+        return pd.DataFrame()
+
+
+def download_artifact(uri: str, run_id: str, path: str, folder: str) -> Path:
+    """Local copy of one artifact of a run."""
+    return Path(client(uri).download_artifacts(run_id, path, folder))
+
+
+def metric_history(uri: str, run_id: str, key: str) -> list[tuple[int, float]]:
+    """(step, value) of every logged value of a metric, in step order."""
+    return sorted((m.step, m.value) for m in client(uri).get_metric_history(run_id, key))

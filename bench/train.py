@@ -139,6 +139,7 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, settings.lr_step_epochs, settings.lr_gamma)
         self.phase = settings.phase_loss and cfg.decoder == "dual_magphase"
         self.result = TrainResult(best_path=self.folder / "best.pt", last_path=self.folder / "last.pt")
+        self.on_validate: Callable[[int, float], None] | None = None  # e.g. a study's pruning hook
 
     @property
     def total_steps(self) -> float:
@@ -172,6 +173,8 @@ class Trainer:
     def validate(self, step: int) -> None:
         loss = validation_loss(self.model, self.val, self.cfg, self.device, self.phase)
         self.result.val_curve.append((step, loss))
+        if self.on_validate is not None:
+            self.on_validate(step, loss)
         if loss < self.result.best_val_loss:
             self.result.best_val_loss, self.result.best_step = loss, step
             save_checkpoint(self.result.best_path, self.model, self.cfg, self.variant, {"step": step})

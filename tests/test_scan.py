@@ -41,6 +41,8 @@ def reference(length: int) -> tuple[list[torch.Tensor], torch.Tensor, tuple[torc
 def test_scan_matches_reference(name: str, length: int, dtype: torch.dtype) -> None:
     ref_inputs, y_ref, grads_ref, gy = reference(length)
     inputs = [t.detach().to(dtype).requires_grad_() for t in ref_inputs]
+    if length > 251 and name in INDEXED_LOOPS:
+        pytest.skip("the reference's indexed loops are O(l^2) in backward: checked up to l = 251")
     chunk_sizes = [1, 5, 32, 64, length + 3] if length <= 251 else [32, 64]
     for chunk in chunk_sizes:
         y = ALL_CPU[name](*inputs, chunk_size=chunk)

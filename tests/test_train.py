@@ -119,7 +119,7 @@ def test_ablate_parent_and_children(tmp_path: Path, capsys: pytest.CaptureFixtur
 
 def test_ablate_profile_only(capsys: pytest.CaptureFixture) -> None:
     argv = ["ablate", "--base", "original", "--changes", "expand1,band_mlp", "--profile-only", *TINY_MODEL,
-            "--batch", "1", "--crop-seconds", "0.25", "--device", "cpu", "--format", "json"]
+            "--batch", "1", "--crop-seconds", "0.1", "--device", "cpu", "--format", "json"]
     assert main(argv) == 0
     rows = json.loads(capsys.readouterr().out)
     assert [r["variant"] for r in rows] == ["original", "original+expand1", "original+band_mlp"]

@@ -1,0 +1,108 @@
+"""Objectives: profile-only ones (memory, time, MACs, params) and validation PESQ after a training budget.
+
+Each returns the figure for one config, or raises TrialFailedError with a reason (an OOM, a NaN loss):
+the runner records it as a failed trial and the study goes on. No objective reads the test split.
+"""
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from bench.profile import MemoryCurve, ProfileSettings, count_macs, throughput
+from variants.config import ModelConfig
+from variants.registry import build_model, count_params
+
+# objective -> (metric names, directions)
+OBJECTIVES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "memory": (("peak_mem_train_mib",), ("minimize",)),
+    "time": (("train_step_s",), ("minimize",)),
+    "macs": (("macs_g_per_s",), ("minimize",)),
+    "params": (("params",), ("minimize",)),
+    "pesq": (("val_pesq_wb",), ("maximize",)),
+    "multi": (("val_pesq_wb", "peak_mem_train_mib"), ("maximize", "minimize")),
+}
+
+
+class TrialFailedError(Exception):
+    """A trial that produced no figure: out of memory, NaN loss, unscorable validation."""
+
+
+@dataclass(frozen=True)
+class ObjectiveSettings:
+    """Conditions of the figures: batch and seconds for profiling, data and budget for training."""
+
+    batch: int = 1
+    seconds: float = 1.0
+    data: str = "synth"
+    steps: int | None = 200
+    minutes: float | None = None
+    train_batch: int = 4
+    crop_seconds: float = 1.0
+    seed: int = 0
+    workdir: str = "studies-runs"
+    extra: dict = field(default_factory=dict)
+
+
+def peak_memory(cfg: ModelConfig, s: ObjectiveSettings) -> float:
+    """Peak live bytes (MiB) of one training step at (batch, seconds)."""
+    settings = ProfileSettings(batch=s.batch, seconds=s.seconds, rss=False)
+    point = MemoryCurve(build_model(cfg), cfg, settings).measure(s.batch, s.seconds, "train")
+    if point["status"] != "ok":
+        raise TrialFailedError(f"out of memory: {point['reason']}")
+    return point["peak_bytes"] / 2**20
+
+
+def step_time(cfg: ModelConfig, s: ObjectiveSettings) -> float:
+    """Median training-step seconds at (batch, seconds)."""
+    settings = ProfileSettings(batch=s.batch, seconds=s.seconds, repeats=3, rss=False)
+    return throughput(build_model(cfg), cfg, settings, "train")["train_step_s"]
+
+
+def macs(cfg: ModelConfig, s: ObjectiveSettings) -> float:
+    return count_macs(build_model(cfg).eval(), cfg, s.seconds, "cpu")["macs_g_per_s"]
+
+
+def validation_pesq(cfg: ModelConfig, s: ObjectiveSettings, trial=None) -> float:
+    """Mean wideband PESQ on the validation split after the training budget (pruned on validation loss)."""
+    from bench.data import open_dataset
+    from bench.evaluate import evaluate
+    from bench.train import Trainer, TrainSettings
+
+    dataset = open_dataset(s.data)
+    settings = TrainSettings(batch=s.train_batch, crop_seconds=s.crop_seconds, steps=s.steps, minutes=s.minutes,
+                             seed=s.seed, val_every=max(1, (s.steps or 200) // 4))
+    torch.manual_seed(s.seed)
+    folder = Path(s.workdir) / f"trial-{trial.number if trial is not None else 'x'}"
+    trainer = Trainer(build_model(cfg), cfg, "study", dataset.split("train"), dataset.split("val"), settings, folder)
+    if trial is not None:
+        trainer.on_validate = lambda step, loss: _report(trial, step, loss)
+    result = trainer.run()
+    if result.status != "ok":
+        raise TrialFailedError(f"training {result.status}: {result.reason}")
+    evaluation, _ = evaluate(dataset, "val", trainer.model, workers=1)
+    value = evaluation.summary.set_index("metric").loc["pesq_wb", "mean"]
+    if not math.isfinite(value):
+        raise TrialFailedError("no validation utterance could be scored by PESQ")
+    return float(value)
+
+
+def _report(trial, step: int, loss: float) -> None:
+    import optuna
+
+    trial.report(-loss, step)  # higher is better, like PESQ
+    if trial.should_prune():
+        raise optuna.TrialPruned(f"validation loss {loss:.4f} at step {step}")
+
+
+def evaluate_config(objective: str, cfg: ModelConfig, s: ObjectiveSettings, trial=None) -> tuple[float, ...]:
+    """The objective's figures for one config, in the order of OBJECTIVES[objective][0]."""
+    table = {
+        "peak_mem_train_mib": lambda: peak_memory(cfg, s),
+        "train_step_s": lambda: step_time(cfg, s),
+        "macs_g_per_s": lambda: macs(cfg, s),
+        "params": lambda: float(count_params(cfg)),
+        "val_pesq_wb": lambda: validation_pesq(cfg, s, trial),
+    }
+    return tuple(table[name]() for name in OBJECTIVES[objective][0])
