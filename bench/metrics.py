@@ -85,21 +85,31 @@ def _score_item(item: tuple) -> dict:
     return {"id": key} | score_pair(clean, enhanced, compat)
 
 
+def _single_threaded() -> None:
+    """Each metric process uses one core: BLAS threads on these small arrays only oversubscribe the machine."""
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(1)
+
+
 def score_many(items: Iterable[tuple[str, np.ndarray, np.ndarray]], workers: int = 0, compat: bool = False,
                progress=None) -> list[dict]:
-    """score_pair over (id, clean, enhanced) items in a process pool (workers 0: all cores)."""
+    """score_pair over (id, clean, enhanced) items in a pool of single-threaded processes (0: one per core)."""
     jobs = [(key, c, e, compat) for key, c, e in items]
     workers = workers or multiprocessing.cpu_count()
     if workers == 1 or len(jobs) < 2:
+        from threadpoolctl import threadpool_limits
+
         results = []
-        for job in jobs:
-            results.append(_score_item(job))
-            if progress:
-                progress(1)
+        with threadpool_limits(1):
+            for job in jobs:
+                results.append(_score_item(job))
+                if progress:
+                    progress(1)
         return results
     results = []
-    with ProcessPoolExecutor(workers, mp_context=_pool_context()) as pool:
-        for result in pool.map(_score_item, jobs, chunksize=max(1, len(jobs) // (4 * workers))):
+    with ProcessPoolExecutor(workers, mp_context=_pool_context(), initializer=_single_threaded) as pool:
+        for result in pool.map(_score_item, jobs):  # one utterance per task: lengths vary, keep cores even
             results.append(result)
             if progress:
                 progress(1)

@@ -24,6 +24,7 @@ PACKAGES = ("torch", "numpy", "mlflow-skinny", "mbsbench")
 # MLflow retries unreachable servers for minutes by default; we check reachability ourselves
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
 def resolve_uri(explicit: str | None = None) -> str:
