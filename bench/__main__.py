@@ -9,7 +9,7 @@ from bench.cli import run_main
 from bench.cli_measure import add_measure_commands
 from bench.cli_quality import add_quality_commands
 from bench.cli_run import add_run_commands
-from bench.params import model_param_rows, variant_summaries
+from bench.params import format_param_rows, model_param_rows, variant_summaries
 from bench.text import format_table
 from variants.errors import MbsbenchError
 from variants.registry import build_config, parse_overrides
@@ -39,9 +39,8 @@ def cmd_params(args: argparse.Namespace) -> str:
     if args.format == "json":
         modules = [asdict(r) for r in rows]
         return json.dumps({"variant": args.variant, "config": cfg.to_dict(), "modules": modules}, indent=2)
-    shown = [{**asdict(r), "module": "  " * max(r.depth - 1, 0) + r.module} for r in rows]
-    title = f"{args.variant}: {rows[0].params:,} parameters ({rows[0].trainable:,} trainable)\n"
-    return title + format_table(shown, ["module", "kind", "params"], right=["params"])
+    title = f"{args.variant}: {rows[0].params:,} parameters ({rows[0].trainable:,} trainable)"
+    return format_param_rows(title, rows)
 
 
 def make_parser() -> argparse.ArgumentParser:

@@ -3,10 +3,9 @@
 import argparse
 import json
 import sys
-from dataclasses import asdict
 
 from bench.devices import device_name, resolve_device
-from bench.params import model_param_rows
+from bench.params import format_param_rows, model_param_rows
 from bench.profile import COMPARE_VARIANTS, ProfileSettings, compare_scans, profile_variant, record_profile
 from bench.scanbench import available_scans, bench_model_step, bench_scans, model_shapes, record_scan_bench
 from bench.text import format_table
@@ -118,8 +117,7 @@ def profile_or_record_failure(name: str, cfg, settings: ProfileSettings) -> dict
 
 def cmd_params_text(name: str, cfg) -> str:
     rows = model_param_rows(cfg)
-    shown = [{**asdict(r), "module": "  " * max(r.depth - 1, 0) + r.module} for r in rows]
-    return f"{name}: {rows[0].params:,} parameters\n" + format_table(shown, ["module", "kind", "params"], ["params"])
+    return format_param_rows(f"{name}: {rows[0].params:,} parameters", rows)
 
 
 def add_measure_commands(sub, add_format) -> None:

@@ -1,12 +1,13 @@
 """Parameter counts: per variant and per module, down to the block level."""
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
 
+from bench.text import format_table
 from variants.config import ModelConfig
-from variants.registry import all_names, build_model, count_params, describe, list_variants, resolve
+from variants.registry import build_model, count_params, describe, list_variants, resolve
 
 # a ModuleList with more children than this (per-band layers) is one row, not one per child
 MAX_LISTED_CHILDREN = 8
@@ -57,5 +58,11 @@ def model_param_rows(cfg: ModelConfig, max_depth: int = 4) -> list[ParamRow]:
 
 def variant_summaries(pattern: str = "*") -> list[dict]:
     """One dict per registered variant matching pattern: name, params, description."""
-    names = list_variants(pattern) if pattern != "*" else all_names()
+    names = list_variants(pattern)
     return [{"name": n, "params": count_params(resolve(n)), "description": describe(n)} for n in names]
+
+
+def format_param_rows(title: str, rows: list[ParamRow]) -> str:
+    """A title line, then the per-module table with children indented under their parents."""
+    shown = [{**asdict(r), "module": "  " * max(r.depth - 1, 0) + r.module} for r in rows]
+    return title + "\n" + format_table(shown, ["module", "kind", "params"], right=["params"])

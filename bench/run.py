@@ -68,10 +68,10 @@ def train_and_evaluate(
 
 def run_figures(cfg: ModelConfig, result: TrainResult, evaluation: Evaluation | None, noisy: Evaluation) -> dict:
     """The flat figures of one run: params, MACs, training outcome, test and noisy scores."""
-    with torch.device("meta"):
-        params = sum(p.numel() for p in build_model(cfg).parameters())
+    model = build_model(cfg).eval()
+    params = sum(p.numel() for p in model.parameters())
     figures = {"params": params, "params_m": params / 1e6}
-    figures |= count_macs(build_model(cfg).eval(), cfg, 1.0, "cpu")
+    figures |= count_macs(model, cfg, 1.0, "cpu")
     figures |= {"train_steps": result.steps, "train_epochs": result.epochs, "train_minutes": result.seconds / 60,
                 "best_step": result.best_step, "best_val_loss": result.best_val_loss}
     return figures | summary_means(evaluation) | summary_means(noisy, "noisy_")

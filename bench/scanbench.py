@@ -7,6 +7,7 @@ import torch
 from torch import Tensor
 
 from bench.measure import MIB, LiveTensorPeak, SavedTensorBytes, time_call
+from bench.profile import make_workload, peak_bytes
 from variants.config import ModelConfig
 from variants.registry import build_config, build_model
 from variants.scan import INDEXED_LOOPS, SCANS, cuda_scan_available, selective_scan_ref
@@ -114,25 +115,14 @@ def bench_scans(
     return rows
 
 
-def training_step(model: torch.nn.Module, wav: Tensor, optimizer: torch.optim.Optimizer) -> None:
-    """Forward, L1 loss against the input, backward, optimizer step."""
-    optimizer.zero_grad(set_to_none=True)
-    (model(wav) - wav).abs().mean().backward()
-    optimizer.step()
-
-
 def measure_training_step(cfg: ModelConfig, batch: int, seconds: float, repeats: int, device: str) -> dict:
     """Median time and peak live tensor bytes of one training step of a config's model."""
     torch.manual_seed(0)
-    model = build_model(cfg).to(device).train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    wav = torch.randn(batch, int(seconds * cfg.sample_rate), device=device) * 0.1
-    training_step(model, wav, optimizer)  # creates the optimizer state outside the measured step
-    state = [t for s in optimizer.state.values() for t in s.values() if isinstance(t, Tensor)]
-    with LiveTensorPeak(baseline=[*model.parameters(), *state, wav]) as live:
-        training_step(model, wav, optimizer)
-    timing = time_call(lambda: training_step(model, wav, optimizer), repeats, 0, device)
-    return {"step_s": timing["median_s"], "peak_live_mib": live.peak_bytes / MIB}
+    work = make_workload(build_model(cfg).to(device), cfg, batch, seconds, device, "float32")
+    work.train()  # creates the optimizer state outside the measured step
+    peak = peak_bytes(work.train, work.resident(), device)
+    timing = time_call(work.train, repeats, 0, device)
+    return {"step_s": timing["median_s"], "peak_live_mib": peak / MIB}
 
 
 def bench_model_step(
