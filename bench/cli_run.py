@@ -23,6 +23,7 @@ from bench.run import (
 )
 from bench.text import format_table
 from bench.train import TrainSettings
+from variants.config import CHOICES
 from variants.errors import MbsbenchError
 from variants.registry import build_config, parse_overrides
 
@@ -54,6 +55,8 @@ def run_variants(names: list[str], args: argparse.Namespace, parent_name: str | 
     """Train and evaluate each (variant, seed), log each run, and return summary rows."""
     device = resolve_device(args.device)
     overrides = parse_overrides(args.set)
+    if args.scan != "keep":  # same math as each variant's own scan, only faster: the budget buys more steps
+        overrides.setdefault("scan", args.scan)
     configs = {name: build_config(name, **overrides) for name in names}
     seeds = _seeds(args.seeds)
     dataset = open_dataset(args.data)
@@ -159,6 +162,9 @@ def add_run_commands(sub, add_format) -> None:
         p.add_argument("--phase-loss", action="store_true", help="phase term for the dual decoder")
         p.add_argument("--device", default="auto")
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+        p.add_argument("--scan", default="auto", choices=(*CHOICES["scan"], "keep"),
+                       help="scan for training (default auto: the fastest exact one here); keep: each variant's own;"
+                            " --set scan=... wins")
         p.add_argument("--workers", type=int, default=0, help="metric processes (0: all cores)")
         p.add_argument("--out", default="runs", help="folder for checkpoints and CSVs")
         p.add_argument("--resume", action="store_true", help="continue from OUT/VARIANT-seedS/last.pt")

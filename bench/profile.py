@@ -1,10 +1,12 @@
 """`bench profile`: parameters, MACs per second of audio, peak memory, max batch and throughput."""
 
 import json
+import multiprocessing
 import subprocess
 import sys
 import warnings
 from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 
@@ -398,19 +400,30 @@ COMPARE_VARIANTS = ("original", "optimized", "optimized_a", "bsrnn")
 
 def compare_scans(names: list[str], scans: list[str], chunks: list[int], settings: ProfileSettings,
                   overrides: dict | None = None) -> list[dict]:
-    """Inference and training-step time of each variant with each scan (and chunk size), one process."""
+    """Inference and training-step time of each variant with each scan (and chunk size).
+
+    Each row runs in a fresh process: what one model leaves in the allocator (a raised mmap
+    threshold, a fragmented heap) moved the next model's times by up to 50% in one process.
+    """
     from variants.registry import build_config
 
-    rows = []
+    jobs = []
     for name in names:
         base = build_config(name, **(overrides or {}))
         combos = [(base.scan, base.chunk_size)] if base.arch != "mbsnet" else \
             [(scan, chunk) for scan in scans for chunk in (chunks if scan != "naive" else [base.chunk_size])]
-        for scan, chunk in combos:
-            cfg = replace(base, scan=scan, chunk_size=chunk) if base.arch == "mbsnet" else base
-            torch.manual_seed(0)
-            model = build_model(cfg).to(settings.device)
-            row = {"variant": name, "scan": scan if base.arch == "mbsnet" else "-", "chunk": chunk}
-            row |= throughput(model, cfg, settings, "infer") | throughput(model, cfg, settings, "train")
-            rows.append(row)
+        jobs += [(name, replace(base, scan=scan, chunk_size=chunk)) for scan, chunk in combos]
+    rows = []
+    for index, (name, cfg) in enumerate(jobs, 1):
+        scan = cfg.scan if cfg.arch == "mbsnet" else "-"
+        print(f"[{index}/{len(jobs)}] {name} scan={scan} chunk={cfg.chunk_size} ...", file=sys.stderr, flush=True)
+        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+            row = pool.submit(_compare_row, cfg, settings).result()
+        rows.append({"variant": name, "scan": scan, "chunk": cfg.chunk_size} | row)
     return rows
+
+
+def _compare_row(cfg: ModelConfig, settings: ProfileSettings) -> dict[str, float]:
+    torch.manual_seed(0)
+    model = build_model(cfg).to(settings.device)
+    return throughput(model, cfg, settings, "infer") | throughput(model, cfg, settings, "train")

@@ -5,7 +5,7 @@ the runner records it as a failed trial and the study goes on. No objective read
 """
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -75,7 +75,8 @@ def validation_pesq(cfg: ModelConfig, s: ObjectiveSettings, trial=None) -> float
                              seed=s.seed, val_every=max(1, (s.steps or 200) // 4))
     torch.manual_seed(s.seed)
     folder = Path(s.workdir) / f"trial-{trial.number if trial is not None else 'x'}"
-    trainer = Trainer(build_model(cfg), cfg, "study", dataset.split("train"), dataset.split("val"), settings, folder)
+    model = build_model(replace(cfg, scan="auto"))  # same math as the config's scan, more steps per budget
+    trainer = Trainer(model, cfg, "study", dataset.split("train"), dataset.split("val"), settings, folder)
     if trial is not None:
         trainer.on_validate = lambda step, loss: _report(trial, step, loss)
     result = trainer.run()

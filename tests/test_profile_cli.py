@@ -78,3 +78,14 @@ def test_sweep_goes_on_after_a_failure(monkeypatch: pytest.MonkeyPatch, capsys: 
     rows = json.loads(capsys.readouterr().out)
     assert [r["status"] for r in rows] == ["error", "ok"]
     assert "boom" in rows[0]["reason"]
+
+
+def test_profile_compare_times_each_scan_and_chunk(capsys: pytest.CaptureFixture) -> None:
+    argv = ["profile", "--compare", "optimized", "--set", "feature_dim=32", "--batch", "1", "--seconds", "0.1",
+            "--repeats", "1", "--scans", "naive,chunked_ckpt", "--chunks", "8,16", "--format", "json"]
+    assert main(argv) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [(r["scan"], r["chunk"]) for r in rows] == [("naive", 32), ("chunked_ckpt", 8), ("chunked_ckpt", 16)]
+    for row in rows:
+        assert row["variant"] == "optimized" and row["infer_step_s"] > 0 and row["train_step_s"] > 0
+        assert row["rtf_train"] == pytest.approx(row["train_step_s"] / 0.1)

@@ -52,6 +52,27 @@ def test_scan_matches_reference(name: str, length: int, dtype: torch.dtype) -> N
             assert rel_err(g, g_ref) < TOL[dtype], f"grad {label}, chunk {chunk}"
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("block_steps", [1, 3, 8])
+def test_chunked_ckpt_work_blocks_within_a_chunk(
+    block_steps: int, dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Blocks smaller than the chunk (the backward recomputes each block's start) give the same numbers."""
+    import variants.scan as scan_module
+
+    ref_inputs, y_ref, grads_ref, gy = reference(53)
+    step_bytes = 2 * 6 * 4 * torch.finfo(dtype).bits // 8  # b * d * n * element size of make_inputs
+    monkeypatch.setattr(scan_module, "WORK_BLOCK_BYTES", block_steps * step_bytes)
+    assert scan_module._block_steps(torch.empty(53, 2, 6, dtype=dtype), torch.empty(4, 6), 64) == block_steps
+    inputs = [t.detach().to(dtype).requires_grad_() for t in ref_inputs]
+    for chunk in [5, 16, 64]:
+        y = SCANS["chunked_ckpt"](*inputs, chunk_size=chunk)
+        grads = torch.autograd.grad(y, inputs, gy.to(dtype))
+        assert rel_err(y, y_ref) < TOL[dtype], f"output, chunk {chunk}"
+        for label, g, g_ref in zip(["u", "delta", "A", "B", "C", "D", "h0"], grads, grads_ref):
+            assert rel_err(g, g_ref) < TOL[dtype], f"grad {label}, chunk {chunk}"
+
+
 @pytest.mark.parametrize("name", CPU_SCANS)
 def test_scan_without_initial_state(name: str) -> None:
     inputs = make_inputs(19, torch.float64)[:6]

@@ -71,6 +71,7 @@ def test_run_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert run["metrics.pesq_wb"] == pytest.approx(rows[1]["pesq_wb"])
     assert run["metrics.noisy_pesq_wb"] == pytest.approx(rows[0]["pesq_wb"])
     assert run["params.feature_dim"] == "16" and run["tags.data_fingerprint"]
+    assert run["params.scan"] == "auto" and run["params.scan_resolved"] == "chunked_ckpt"  # not "chunked"
 
 
 def run_cli(*argv: str, env_cache: Path) -> subprocess.CompletedProcess:

@@ -4,6 +4,7 @@ Feature maps are channels-last, (B, T, K, N): frames, bands, channels.
 """
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -13,7 +14,7 @@ from torch.utils.checkpoint import checkpoint
 from variants.config import ModelConfig
 from variants.errors import MbsbenchError
 from variants.pcs import perceptual_contrast_stretch
-from variants.scan import SCANS, choose_scan, selective_scan_seed
+from variants.scan import SCANS, choose_scan, selective_scan_chunked_ckpt_time_major, selective_scan_seed
 
 
 def stft(wav: Tensor, cfg: ModelConfig) -> Tensor:
@@ -95,20 +96,28 @@ class SelectiveSSM(nn.Module):
             self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))
 
     def forward(self, x: Tensor) -> Tensor:
+        scan, time_major = self._scan(x.device)
         length = x.shape[1]
-        xc = F.silu(self.conv1d(x.transpose(1, 2))[..., :length].transpose(1, 2))  # (b, l, d), causal
-        delta = F.softplus(self.dt_proj(self.x_proj_dt(xc)))  # (b, l, d)
+        xc = F.silu(self.conv1d(x.transpose(1, 2))[..., :length])  # (b, d, l), causal
+        # time-major scans get one contiguous (l, b, d) copy instead of a copy per projection and scan input
+        xc = xc.permute(2, 0, 1).contiguous() if time_major else xc.transpose(1, 2)
+        delta = F.softplus(self.dt_proj(self.x_proj_dt(xc)))
         A = -torch.exp(self.A_log)  # (d, n)
         D = self.D
         if self.cfg.skip_d == "const_d_inner":  # seed bug: D shadowed by the integer d_inner
             D = torch.full_like(self.D, float(self.cfg.d_inner)).detach()
+        y = scan(xc, delta, A, self.B_proj(xc), self.C_proj(xc), D, chunk_size=self.cfg.chunk_size)
+        return y.transpose(0, 1) if time_major else y  # (b, l, d)
+
+    def _scan(self, device: torch.device) -> tuple[Callable[..., Tensor], bool]:
+        """The scan function to run, and whether it takes time-major tensors."""
         if self.cfg.scan_clamps == "seed":
             self.last_scan = "seed"
-            scan = selective_scan_seed
-        else:
-            self.last_scan = choose_scan(self.cfg.scan, x.device)
-            scan = SCANS[self.last_scan]
-        return scan(xc, delta, A, self.B_proj(xc), self.C_proj(xc), D, chunk_size=self.cfg.chunk_size)
+            return selective_scan_seed, False
+        self.last_scan = choose_scan(self.cfg.scan, device)
+        if self.last_scan == "chunked_ckpt":
+            return selective_scan_chunked_ckpt_time_major, True
+        return SCANS[self.last_scan], False
 
 
 class MambaBlock(nn.Module):
@@ -210,7 +219,8 @@ class BandHeads(nn.Module):
 
     def forward(self, x: Tensor) -> list[Tensor]:
         """Per-band outputs (B, T, w * per_bin) of features (B, T, K, N)."""
-        return [mlp(group_norm_1(x[:, :, k], norm)) for k, (norm, mlp) in enumerate(zip(self.norms, self.mlps))]
+        # one unbind, not x[:, :, k] per band: each indexing's backward would zero-fill a full-size gradient
+        return [mlp(group_norm_1(band, norm)) for band, norm, mlp in zip(x.unbind(2), self.norms, self.mlps)]
 
 
 def wrap_phase(phase: Tensor) -> Tensor:
