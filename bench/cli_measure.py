@@ -4,14 +4,23 @@ import argparse
 import json
 import sys
 
+import torch
+
 from bench.devices import device_name, resolve_device
 from bench.params import format_param_rows, model_param_rows
-from bench.profile import COMPARE_VARIANTS, ProfileSettings, compare_scans, profile_variant, record_profile
+from bench.profile import (
+    COMPARE_VARIANTS,
+    ProfileSettings,
+    compare_scans,
+    profile_variant,
+    record_profile,
+    top_ops_table,
+)
 from bench.scanbench import available_scans, bench_model_step, bench_scans, model_shapes, record_scan_bench
 from bench.text import format_table
 from bench.tracking import check_reachable, resolve_uri
 from variants.errors import MbsbenchError
-from variants.registry import all_names, build_config, lookup, parse_overrides
+from variants.registry import all_names, build_config, build_model, lookup, parse_overrides
 from variants.scan import INDEXED_LOOPS
 
 
@@ -67,6 +76,8 @@ def cmd_profile(args: argparse.Namespace) -> str:
         lengths=_floats(args.lengths), repeats=args.repeats, rss=not args.no_rss,
     )
     overrides = parse_overrides(args.set)
+    if args.top_ops is not None:
+        return _top_ops(args, settings, overrides)
     if args.compare is not None:
         return _compare(args, settings, overrides)
     names = all_names() if args.all else [args.variant]
@@ -100,6 +111,22 @@ def _compare(args: argparse.Namespace, settings: ProfileSettings, overrides: dic
     head = f"device: {device_name(settings.device)}, batch {settings.batch}, {settings.seconds} s, median of "
     head += f"{settings.repeats} after {settings.warmup} warm-up\n"
     return head + format_table(rows, columns, columns[2:])
+
+
+def _top_ops(args: argparse.Namespace, settings: ProfileSettings, overrides: dict) -> str:
+    if not args.variant:
+        raise MbsbenchError("--top-ops needs --variant NAME: one model's steps are profiled")
+    if args.top_ops < 1:
+        raise MbsbenchError(f"--top-ops {args.top_ops}: expected a positive number of rows")
+    cfg = build_config(args.variant, **overrides)
+    torch.manual_seed(0)
+    model = build_model(cfg).to(settings.device)
+    s = settings
+    parts = []
+    for mode in ("train", "infer"):
+        title = f"{args.variant}, {mode} step, batch {s.batch}, {s.seconds} s, {device_name(s.device)}, scan={cfg.scan}"
+        parts.append(f"{title}\n{top_ops_table(model, cfg, s, mode, args.top_ops)}")
+    return "\n".join(parts)
 
 
 def profile_or_record_failure(name: str, cfg, settings: ProfileSettings) -> dict:
@@ -139,6 +166,9 @@ def add_measure_commands(sub, add_format) -> None:
     p.add_argument("--no-rss", action="store_true", help="skip the fresh-process peak RSS measurement")
     p.add_argument("--scans", help="--compare: comma-separated scans (default: every available one)")
     p.add_argument("--chunks", help="--compare: chunk sizes, e.g. 16,32,64,128 (default 32)")
+    p.add_argument("--top-ops", type=int, metavar="N",
+                   help="with --variant: torch.profiler's N costliest ops of one training and one inference step"
+                        " (printed, not logged)")
     p.add_argument("--tracking-uri", help="MLflow URI (default: MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
     p.add_argument("--no-track", action="store_true", help="do not log to MLflow")
     add_format(p)

@@ -317,6 +317,23 @@ def throughput(model: nn.Module, cfg: ModelConfig, settings: ProfileSettings, mo
     }
 
 
+def top_ops_table(model: nn.Module, cfg: ModelConfig, settings: ProfileSettings, mode: str, rows: int = 15) -> str:
+    """torch.profiler's table of the ops that took the most self time in one step (after a warm-up)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    s = settings
+    work = make_workload(model, cfg, s.batch, s.seconds, s.device, s.dtype)
+    run = work.train if mode == "train" else work.infer
+    run()
+    cuda = torch.device(s.device).type == "cuda"
+    activities = [ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if cuda else [])]
+    with profile(activities=activities) as prof:
+        run()
+        if cuda:
+            torch.cuda.synchronize(s.device)
+    key = "self_cuda_time_total" if cuda else "self_cpu_time_total"
+    return prof.key_averages().table(sort_by=key, row_limit=rows, max_name_column_width=48)
+
 def _train_points(settings: ProfileSettings) -> list[tuple[int, float]]:
     """(batch, seconds) points of the training-memory curve, smallest first."""
     s = settings

@@ -43,6 +43,7 @@ def test_profile_table_without_tracking(capsys: pytest.CaptureFixture) -> None:
         (["--device", "tpu"], "unknown device 'tpu'"),
         (["--device", "cuda"], "no CUDA device"),
         (["--batch", "0"], "--batch 0"),
+        (["--top-ops", "0"], "--top-ops 0"),
         (["--seconds", "-1"], "length -1.0 s"),
         (["--tracking-uri", "http://127.0.0.1:9"], "unreachable"),
         (["--tracking-uri", "sqlite:////nonexistent/dir/x.db"], "does not exist"),
@@ -89,3 +90,10 @@ def test_profile_compare_times_each_scan_and_chunk(capsys: pytest.CaptureFixture
     for row in rows:
         assert row["variant"] == "optimized" and row["infer_step_s"] > 0 and row["train_step_s"] > 0
         assert row["rtf_train"] == pytest.approx(row["train_step_s"] / 0.1)
+
+
+def test_profile_top_ops_tables(capsys: pytest.CaptureFixture) -> None:
+    assert main(["profile", *TINY, "--top-ops", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "optimized, train step" in out and "optimized, infer step" in out
+    assert out.count("Self CPU time total") == 2 and out.count("aten::") >= 4
