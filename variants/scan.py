@@ -150,7 +150,9 @@ def _contract_d(x: Tensor, states: Tensor) -> Tensor:
     return torch.bmm(x.reshape(c * b, 1, d), states.view(c * b, n, d).transpose(1, 2)).view(c, b, n)
 
 
-WORK_BLOCK_BYTES = 4 * 2**20  # measured on a 2-core EPYC: 2-4 MiB is flat in chunk size, 16+ MiB is not
+# Measured on a 2-core EPYC (1 MiB L2): with 2-4 MiB blocks the scan's time is flat in the chunk size
+# (16-128); whole chunks as one block (6-24 MiB at chunk 32-128) made it 1.5-2.5x slower as they grew.
+WORK_BLOCK_BYTES = 4 * 2**20
 
 
 def _block_steps(like: Tensor, A_t: Tensor, chunk_size: int) -> int:
