@@ -162,7 +162,10 @@ def _block_steps(like: Tensor, A_t: Tensor, chunk_size: int) -> int:
 
 
 def _blocks(start: int, stop: int, steps: int) -> list[slice]:
-    return [slice(s, min(s + steps, stop)) for s in range(start, stop, steps)]
+    """[start, stop) in blocks of `steps`, the short one first: the backward recomputes the states of
+    every block but the last twice, so the last should be a full one (32 -> 10 + 22, not 22 + 10)."""
+    first = start + ((stop - start) % steps or steps)
+    return [slice(start, first)] + [slice(s, s + steps) for s in range(first, stop, steps)]
 
 
 def _work_buffers(count: int, steps: int, like: Tensor, A_t: Tensor) -> list[Tensor]:
