@@ -39,13 +39,18 @@ def reference(length: int) -> tuple[list[torch.Tensor], torch.Tensor, tuple[torc
 @pytest.mark.parametrize("length", [1, 7, 31, 32, 33, 251, 1000])
 @pytest.mark.parametrize("name", CPU_SCANS)
 def test_scan_matches_reference(name: str, length: int, dtype: torch.dtype) -> None:
-    ref_inputs, y_ref, grads_ref, gy = reference(length)
-    inputs = [t.detach().to(dtype).requires_grad_() for t in ref_inputs]
     if length > 251 and name in INDEXED_LOOPS:
         pytest.skip("the reference's indexed loops are O(l^2) in backward: checked up to l = 251")
     chunk_sizes = [1, 5, 32, 64, length + 3] if length <= 251 else [32, 64]
+    assert_matches_reference(ALL_CPU[name], length, dtype, chunk_sizes)
+
+
+def assert_matches_reference(scan, length: int, dtype: torch.dtype, chunk_sizes: list[int]) -> None:
+    """Output and all seven gradients of scan at each chunk size within TOL of the float64 loop."""
+    ref_inputs, y_ref, grads_ref, gy = reference(length)
+    inputs = [t.detach().to(dtype).requires_grad_() for t in ref_inputs]
     for chunk in chunk_sizes:
-        y = ALL_CPU[name](*inputs, chunk_size=chunk)
+        y = scan(*inputs, chunk_size=chunk)
         grads = torch.autograd.grad(y, inputs, gy.to(dtype))
         assert rel_err(y, y_ref) < TOL[dtype], f"output, chunk {chunk}"
         for label, g, g_ref in zip(["u", "delta", "A", "B", "C", "D", "h0"], grads, grads_ref):
@@ -60,17 +65,10 @@ def test_chunked_ckpt_work_blocks_within_a_chunk(
     """Blocks smaller than the chunk (the backward recomputes each block's start) give the same numbers."""
     import variants.scan as scan_module
 
-    ref_inputs, y_ref, grads_ref, gy = reference(53)
     step_bytes = 2 * 6 * 4 * torch.finfo(dtype).bits // 8  # b * d * n * element size of make_inputs
     monkeypatch.setattr(scan_module, "WORK_BLOCK_BYTES", block_steps * step_bytes)
     assert scan_module._block_steps(torch.empty(53, 2, 6, dtype=dtype), torch.empty(4, 6), 64) == block_steps
-    inputs = [t.detach().to(dtype).requires_grad_() for t in ref_inputs]
-    for chunk in [5, 16, 64]:
-        y = SCANS["chunked_ckpt"](*inputs, chunk_size=chunk)
-        grads = torch.autograd.grad(y, inputs, gy.to(dtype))
-        assert rel_err(y, y_ref) < TOL[dtype], f"output, chunk {chunk}"
-        for label, g, g_ref in zip(["u", "delta", "A", "B", "C", "D", "h0"], grads, grads_ref):
-            assert rel_err(g, g_ref) < TOL[dtype], f"grad {label}, chunk {chunk}"
+    assert_matches_reference(SCANS["chunked_ckpt"], 53, dtype, [5, 16, 64])
 
 
 @pytest.mark.parametrize("name", CPU_SCANS)

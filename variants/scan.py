@@ -215,7 +215,7 @@ class _ChunkedCheckpointScan(torch.autograd.Function):
             for block in blocks[:-1]:
                 h_starts.append(_block_states(inputs, block, h_starts[-1], bufs)[-1].clone())
             for block, h_start in zip(reversed(blocks), reversed(h_starts)):
-                block_inputs = (u[block], delta[block], A_t, B[block], C[block])
+                block_inputs = (u[block], delta[block], inputs[1][block], A_t, B[block], C[block])
                 carry = _chunk_backward([g[block] for g in grads], grad_a, block_inputs, h_start, gy[block],
                                         carry, bufs)
         grad_u, grad_delta, grad_b, grad_c = grads
@@ -229,8 +229,7 @@ def _chunk_backward(out, grad_a, inputs, h_start, gy, carry, bufs) -> Tensor:
 
     Works in four (c, b, n, d) buffers: decay, states, adjoint and one temporary.
     """
-    u, delta, A_t, B, C = inputs
-    delta_u = delta * u
+    u, delta, delta_u, A_t, B, C = inputs
     decay, drive = _discretize(delta, delta_u, A_t, B, bufs)
     states = _run_states(decay, drive, h_start)  # (c, b, n, d)
     adj = torch.mul(gy.unsqueeze(2), C.unsqueeze(-1), out=bufs[2][: len(u)])  # (c, b, n, d): local dL/dh_t
