@@ -4,14 +4,13 @@ import argparse
 import json
 import sys
 
-import torch
-
 from bench.devices import device_name, resolve_device
 from bench.params import format_param_rows, model_param_rows
 from bench.profile import (
     COMPARE_VARIANTS,
     ProfileSettings,
     compare_scans,
+    measured_model,
     profile_variant,
     record_profile,
     top_ops_table,
@@ -20,7 +19,7 @@ from bench.scanbench import available_scans, bench_model_step, bench_scans, mode
 from bench.text import format_table
 from bench.tracking import check_reachable, resolve_uri
 from variants.errors import MbsbenchError
-from variants.registry import all_names, build_config, build_model, lookup, parse_overrides
+from variants.registry import all_names, build_config, lookup, parse_overrides
 from variants.scan import INDEXED_LOOPS
 
 
@@ -119,8 +118,7 @@ def _top_ops(args: argparse.Namespace, settings: ProfileSettings, overrides: dic
     if args.top_ops < 1:
         raise MbsbenchError(f"--top-ops {args.top_ops}: expected a positive number of rows")
     cfg = build_config(args.variant, **overrides)
-    torch.manual_seed(0)
-    model = build_model(cfg).to(settings.device)
+    model = measured_model(cfg, settings.device)
     s = settings
     parts = []
     for mode in ("train", "infer"):

@@ -317,6 +317,12 @@ def throughput(model: nn.Module, cfg: ModelConfig, settings: ProfileSettings, mo
     }
 
 
+def measured_model(cfg: ModelConfig, device: str) -> nn.Module:
+    """The model every measurement uses: built after seeding 0, on the device."""
+    torch.manual_seed(0)
+    return build_model(cfg).to(device)
+
+
 def top_ops_table(model: nn.Module, cfg: ModelConfig, settings: ProfileSettings, mode: str, rows: int = 15) -> str:
     """torch.profiler's table of the ops that took the most self time in one step (after a warm-up)."""
     from torch.profiler import ProfilerActivity, profile
@@ -334,6 +340,7 @@ def top_ops_table(model: nn.Module, cfg: ModelConfig, settings: ProfileSettings,
     key = "self_cuda_time_total" if cuda else "self_cpu_time_total"
     return prof.key_averages().table(sort_by=key, row_limit=rows, max_name_column_width=48)
 
+
 def _train_points(settings: ProfileSettings) -> list[tuple[int, float]]:
     """(batch, seconds) points of the training-memory curve, smallest first."""
     s = settings
@@ -344,8 +351,7 @@ def _train_points(settings: ProfileSettings) -> list[tuple[int, float]]:
 def profile_variant(name: str, cfg: ModelConfig, settings: ProfileSettings) -> dict:
     """Every figure of one variant under the stated conditions; OOMs recorded, never raised."""
     s = settings
-    torch.manual_seed(0)
-    model = build_model(cfg).to(s.device)
+    model = measured_model(cfg, s.device)
     out: dict = {"variant": name, **asdict(s)}
     out["device"] = device_name(s.device)
     out["threads"] = torch.get_num_threads()
@@ -441,6 +447,5 @@ def compare_scans(names: list[str], scans: list[str], chunks: list[int], setting
 
 
 def _compare_row(cfg: ModelConfig, settings: ProfileSettings) -> dict[str, float]:
-    torch.manual_seed(0)
-    model = build_model(cfg).to(settings.device)
+    model = measured_model(cfg, settings.device)
     return throughput(model, cfg, settings, "infer") | throughput(model, cfg, settings, "train")

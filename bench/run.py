@@ -14,8 +14,8 @@ from bench.metrics import summary_means
 from bench.profile import count_macs
 from bench.train import Trainer, TrainResult, TrainSettings
 from variants.config import ModelConfig
+from variants.layers import resolve_scan
 from variants.registry import CHANGES, build_model
-from variants.scan import choose_scan
 
 # on the embedded corpus, bench run trains this long unless told otherwise (fits 10 min here)
 SYNTH_BUDGET = {"minutes": 5.0, "batch": 4, "crop_seconds": 1.0, "val_every": 100, "checkpoint_every": 100}
@@ -93,5 +93,5 @@ def record_run(uri: str, outcome: RunOutcome, cfg: ModelConfig, settings: TrainS
             "data_fingerprint": dataset.fingerprint, "device": device_name(device), "status": outcome.train.status,
             "reason": outcome.train.reason}
     params = cfg.to_dict() | {f"train_{k}": v for k, v in asdict(settings).items()} | {"data": dataset.spec}
-    params["scan_resolved"] = "seed" if cfg.scan_clamps == "seed" else choose_scan(cfg.scan, torch.device(device))
+    params["scan_resolved"] = resolve_scan(cfg, torch.device(device))
     return log_run_outcome(uri, info, params, outcome.figures, outcome.train, paths, audio, parent)

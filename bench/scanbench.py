@@ -7,9 +7,9 @@ import torch
 from torch import Tensor
 
 from bench.measure import MIB, LiveTensorPeak, SavedTensorBytes, time_call
-from bench.profile import make_workload, peak_bytes
+from bench.profile import make_workload, measured_model, peak_bytes
 from variants.config import ModelConfig
-from variants.registry import build_config, build_model
+from variants.registry import build_config
 from variants.scan import INDEXED_LOOPS, SCANS, cuda_scan_available, selective_scan_ref
 
 FRAMES_2S = 251  # 2 s at hop 128, centered STFT
@@ -117,8 +117,7 @@ def bench_scans(
 
 def measure_training_step(cfg: ModelConfig, batch: int, seconds: float, repeats: int, device: str) -> dict:
     """Median time and peak live tensor bytes of one training step of a config's model."""
-    torch.manual_seed(0)
-    work = make_workload(build_model(cfg).to(device), cfg, batch, seconds, device, "float32")
+    work = make_workload(measured_model(cfg, device), cfg, batch, seconds, device, "float32")
     work.train()  # creates the optimizer state outside the measured step
     peak = peak_bytes(work.train, work.resident(), device)
     timing = time_call(work.train, repeats, 0, device)

@@ -111,13 +111,17 @@ class SelectiveSSM(nn.Module):
 
     def _scan(self, device: torch.device) -> tuple[Callable[..., Tensor], bool]:
         """The scan function to run, and whether it takes time-major tensors."""
-        if self.cfg.scan_clamps == "seed":
-            self.last_scan = "seed"
+        self.last_scan = resolve_scan(self.cfg, device)
+        if self.last_scan == "seed":
             return selective_scan_seed, False
-        self.last_scan = choose_scan(self.cfg.scan, device)
         if self.last_scan == "chunked_ckpt":
             return selective_scan_chunked_ckpt_time_major, True
         return SCANS[self.last_scan], False
+
+
+def resolve_scan(cfg: ModelConfig, device: torch.device) -> str:
+    """The scan a config runs on a device: 'seed' under the clamps bug, else cfg.scan with 'auto' resolved."""
+    return "seed" if cfg.scan_clamps == "seed" else choose_scan(cfg.scan, device)
 
 
 class MambaBlock(nn.Module):
