@@ -4,19 +4,27 @@ import argparse
 import sys
 from pathlib import Path
 
-from bench.cli import run_main
-from reports.collect import load_store
-from reports.render import RENDERERS
-from reports.tables import all_tables
+from bench.cli.common import add_command, add_tracking
+from bench.cli.shell import make_root, run_main
+
+FORMATS = ("md", "latex")
 
 
-def cmd_tables(args: argparse.Namespace) -> str:
-    from bench.tracking import check_reachable, resolve_uri
+def _store(args: argparse.Namespace):
+    from bench.tracking.store import check_reachable, resolve_uri
+    from reports.collect import load_store
 
     uri = resolve_uri(args.tracking_uri)
     check_reachable(uri)
+    return load_store(uri)
+
+
+def cmd_tables(args: argparse.Namespace) -> str:
+    from reports.render import RENDERERS
+    from reports.tables import all_tables
+
     render, suffix = RENDERERS[args.format]
-    texts = [(table.name, render(table)) for table in all_tables(load_store(uri))]
+    texts = [(table.name, render(table)) for table in all_tables(_store(args))]
     if args.out:
         folder = Path(args.out)
         folder.mkdir(parents=True, exist_ok=True)
@@ -26,33 +34,28 @@ def cmd_tables(args: argparse.Namespace) -> str:
 
 
 def cmd_plots(args: argparse.Namespace) -> str:
-    from bench.tracking import check_reachable, resolve_uri
     from reports.plots import make_plots
 
-    uri = resolve_uri(args.tracking_uri)
-    check_reachable(uri)
-    written = make_plots(load_store(uri), Path(args.out), args.storage)
+    written = make_plots(_store(args), Path(args.out))
     return "\n".join(str(p) for p in written) if written else "nothing to plot yet"
 
 
 def make_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m reports", description="paper tables and plots from MLflow")
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("tables", help="main, ablation, claimed vs measured, literature, studies")
-    p.add_argument("--format", choices=tuple(RENDERERS), default="md")
-    p.add_argument("--out", help="folder for one file per table")
-    p.add_argument("--tracking-uri")
-    p.set_defaults(func=cmd_tables)
-    p = sub.add_parser("plots", help="Pareto fronts, memory vs length, training curves, study history")
-    p.add_argument("--out", required=True)
-    p.add_argument("--tracking-uri")
-    p.add_argument("--storage", help="Optuna storage of the studies, for importance plots")
-    p.set_defaults(func=cmd_plots)
+    parser, sub = make_root("python -m reports", "paper tables and plots from MLflow")
+    p = add_command(sub, "tables", "main, ablation, claimed vs measured, literature, studies",
+                    "  python -m reports tables\n  python -m reports tables --format latex --out paper/", cmd_tables)
+    p.add_argument("--format", choices=FORMATS, default="md", help="md (Markdown) or latex (booktabs); default md")
+    p.add_argument("--out", help="folder for one file per table (default: print only)")
+    add_tracking(p, optional=False)
+    p = add_command(sub, "plots", "Pareto fronts, memory vs length, training curves, study history and importances",
+                    "  python -m reports plots --out paper/", cmd_plots)
+    p.add_argument("--out", required=True, help="folder for the PNG and PDF files")
+    add_tracking(p, optional=False)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_main(make_parser(), argv)
+    return run_main(make_parser, argv)
 
 
 if __name__ == "__main__":

@@ -1,15 +1,15 @@
-"""What MLflow holds, as tidy pandas frames: profiles, trained runs, study trials."""
+"""What MLflow holds, as tidy pandas frames: profiles, trained runs, studies and their trials."""
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
-from bench.tracking import experiment_runs
+from bench.quality.stats import mean_ci
+from bench.tracking.schema import EXPERIMENTS, PAPER_METRICS
+from bench.tracking.store import experiment_runs
 from variants.errors import MbsbenchError
 
-QUALITY = ("pesq_wb", "csig", "cbak", "covl", "ssnr", "stoi")
 PROFILE = ("params_m", "macs_g_per_s", "peak_mem_train_mib", "max_batch_train", "rtf_infer", "train_step_s")
 
 
@@ -21,6 +21,7 @@ class Store:
     profiles: pd.DataFrame
     runs: pd.DataFrame
     trials: pd.DataFrame
+    studies: pd.DataFrame
 
 
 def _finished(frame: pd.DataFrame, task: str | None = None) -> pd.DataFrame:
@@ -34,9 +35,10 @@ def _finished(frame: pd.DataFrame, task: str | None = None) -> pd.DataFrame:
 
 def load_store(uri: str) -> Store:
     """Every finished profile, trained run and study trial; an error when the store holds none."""
-    store = Store(uri, _finished(experiment_runs(uri, "mbsbench-profile")),
-                  _finished(experiment_runs(uri, "mbsbench-run"), "run"),
-                  _finished(experiment_runs(uri, "mbsbench-study"), "study-trial"))
+    study_runs = experiment_runs(uri, EXPERIMENTS["study"])
+    store = Store(uri, _finished(experiment_runs(uri, EXPERIMENTS["profile"])),
+                  _finished(experiment_runs(uri, EXPERIMENTS["run"]), "run"),
+                  _finished(study_runs, "study-trial"), _finished(study_runs, "study"))
     if store.profiles.empty and store.runs.empty and store.trials.empty:
         raise MbsbenchError(f"no mbsbench runs in {uri}: run python -m bench profile / run first")
     return store
@@ -61,19 +63,6 @@ def latest_profiles(store: Store) -> pd.DataFrame:
     return out.set_index("variant")
 
 
-def mean_ci(values: pd.Series) -> tuple[float, float, int]:
-    """Mean, 95% CI half-width (Student t, NaN for one value) and n of the non-missing values."""
-    from scipy.stats import t as student_t
-
-    values = values.dropna()
-    n = len(values)
-    if n == 0:
-        return math.nan, math.nan, 0
-    if n == 1:
-        return float(values.iloc[0]), math.nan, 1
-    return float(values.mean()), float(student_t.ppf(0.975, n - 1) * values.std(ddof=1) / math.sqrt(n)), n
-
-
 def quality_by_variant(store: Store, pcs: bool = False) -> pd.DataFrame:
     """Per variant, mean and CI over seeds of each quality metric (the '_pcs' ones when pcs)."""
     runs = store.runs
@@ -82,7 +71,7 @@ def quality_by_variant(store: Store, pcs: bool = False) -> pd.DataFrame:
     rows = []
     for variant, group in runs.groupby("tags.variant"):
         row = {"variant": variant, "seeds": len(group), "data": group.get("params.data", pd.Series([""])).iloc[0]}
-        for name in QUALITY:
+        for name in PAPER_METRICS:
             row[name], row[f"{name}_ci"], _ = mean_ci(metric(group, name + ("_pcs" if pcs else "")))
         rows.append(row)
     return pd.DataFrame(rows).set_index("variant")
@@ -92,4 +81,24 @@ def noisy_quality(store: Store) -> dict[str, float]:
     """The noisy input's metrics as the runs recorded them (same test set)."""
     if store.runs.empty:
         return {}
-    return {name: float(metric(store.runs, f"noisy_{name}").dropna().mean()) for name in QUALITY}
+    return {name: float(metric(store.runs, f"noisy_{name}").dropna().mean()) for name in PAPER_METRICS}
+
+
+def pareto_mask(values: np.ndarray, directions: list[str]) -> np.ndarray:
+    """Rows (n, k) that no other row beats: at least as good on every objective and better on one."""
+    signs = np.array([1.0 if d == "minimize" else -1.0 for d in directions])
+    costs = np.asarray(values, dtype=float) * signs
+    dominated = [(np.all(costs <= row, axis=1) & np.any(costs < row, axis=1)).any() for row in costs]
+    return ~np.array(dominated, dtype=bool)
+
+
+def study_objective(store: Store, study: str) -> tuple[list[str], list[str]] | None:
+    """The metric names and directions the study's own run recorded, or None for a study that recorded none."""
+    runs = store.studies
+    if runs.empty or "tags.objective_metrics" not in runs:
+        return None
+    mine = runs[runs["tags.study"] == study].dropna(subset=["tags.objective_metrics"])
+    if mine.empty:
+        return None
+    row = mine.iloc[-1]
+    return row["tags.objective_metrics"].split(","), row["tags.objective_directions"].split(",")

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from reports.collect import Store, latest_profiles, quality_by_variant
+from reports.collect import Store, latest_profiles, pareto_mask, quality_by_variant, study_objective
 
 PARETO_AXES = {"params_m": "parameters (M)", "macs_g_per_s": "GMAC per second of audio",
                "peak_mem_train_mib": "peak training memory (MiB)"}
@@ -28,18 +28,16 @@ def _save(fig, folder: Path, name: str) -> list[Path]:
 
 
 def pareto_front(points: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
-    """Points no other point beats on both axes (lower x, higher y)."""
-    ordered = points.sort_values([x, y], ascending=[True, False])
-    best, keep = -float("inf"), []
-    for name, row in ordered.iterrows():
-        if row[y] > best:
-            best = row[y]
-            keep.append(name)
-    return ordered.loc[keep]
+    """Points no other point beats on both axes (lower x, higher y), in order of x."""
+    return points[pareto_mask(points[[x, y]].to_numpy(), ["minimize", "maximize"])].sort_values(x)
 
 
 def pareto_plots(store: Store, folder: Path) -> list[Path]:
-    both = latest_profiles(store).join(quality_by_variant(store)[["pesq_wb"]], how="inner").dropna(subset=["pesq_wb"])
+    """PESQ against parameters, MACs and memory, one point per variant both profiled and trained."""
+    profiles, quality = latest_profiles(store), quality_by_variant(store)
+    if profiles.empty or quality.empty:
+        return []
+    both = profiles.join(quality[["pesq_wb"]], how="inner").dropna(subset=["pesq_wb"])
     written = []
     for x, label in PARETO_AXES.items():
         points = both.dropna(subset=[x])
@@ -60,7 +58,7 @@ def pareto_plots(store: Store, folder: Path) -> list[Path]:
 
 
 def memory_vs_length(store: Store, folder: Path) -> list[Path]:
-    from bench.tracking import metric_history
+    from bench.tracking.store import metric_history
 
     frame = store.profiles.sort_values("start_time").groupby("tags.variant").tail(1) if len(store.profiles) else []
     curves = {}
@@ -82,7 +80,7 @@ def memory_vs_length(store: Store, folder: Path) -> list[Path]:
 
 
 def training_curves(store: Store, folder: Path) -> list[Path]:
-    from bench.tracking import metric_history
+    from bench.tracking.store import metric_history
 
     if store.runs.empty:
         return []
@@ -106,47 +104,45 @@ def study_history(store: Store, folder: Path) -> list[Path]:
         return []
     written = []
     for study, group in trials.groupby("tags.study"):
-        metric_cols = [c for c in group.columns if c.startswith("metrics.") and group[c].notna().any()]
-        if not metric_cols:
+        objective = study_objective(store, study)
+        columns = [f"metrics.{m}" for m in objective[0]] if objective else []
+        columns = [c for c in columns if c in group and group[c].notna().any()]
+        if not columns:
             continue
         plt = _pyplot()
-        fig, ax = plt.subplots(figsize=(5, 3.5))
+        fig, axes = plt.subplots(len(columns), 1, figsize=(5, 3.5 * len(columns)), squeeze=False)
         numbers = group["tags.trial"].astype(int)
-        ax.plot(numbers, group[metric_cols[0]], "o", label="trial")
-        ax.set_xlabel("trial")
-        ax.set_ylabel(metric_cols[0][len("metrics."):])
-        ax.set_title(study, fontsize=8)
+        for ax, column in zip(axes[:, 0], columns):
+            ax.plot(numbers, group[column], "o", label="trial")
+            ax.set_xlabel("trial")
+            ax.set_ylabel(column[len("metrics."):])
+        axes[0, 0].set_title(study, fontsize=8)
         written += _save(fig, folder, f"study_{study}")
     return written
 
 
-def importance_plot(storage: str, folder: Path) -> list[Path]:
-    """Parameter importances (fANOVA) of every single-objective study in an Optuna storage."""
-    import optuna
-
-    from studies.runner import make_storage
-
+def importance_plots(store: Store, folder: Path) -> list[Path]:
+    """Parameter importances (fANOVA) that each single-objective study logged to its MLflow run."""
+    studies = store.studies
+    if studies.empty:
+        return []
     written = []
-    backend = make_storage(storage)
-    for summary in optuna.get_all_study_summaries(backend):
-        study = optuna.load_study(study_name=summary.study_name, storage=backend)
-        complete = [t for t in study.trials if t.state.name == "COMPLETE"]
-        if len(study.directions) != 1 or len(complete) < 2 or not complete[0].params:
+    for _, run in studies.sort_values("start_time").groupby("tags.study").tail(1).iterrows():
+        importances = {c[len("metrics.importance_"):]: run[c] for c in run.index
+                       if c.startswith("metrics.importance_") and run[c] == run[c]}
+        if not importances:
             continue
-        importances = optuna.importance.get_param_importances(study)
         plt = _pyplot()
         fig, ax = plt.subplots(figsize=(4, 2.5))
         ax.barh(list(importances), list(importances.values()))
         ax.set_xlabel("importance (fANOVA)")
-        ax.set_title(summary.study_name, fontsize=8)
-        written += _save(fig, folder, f"importance_{summary.study_name}")
+        ax.set_title(run["tags.study"], fontsize=8)
+        written += _save(fig, folder, f"importance_{run['tags.study']}")
     return written
 
 
-def make_plots(store: Store, folder: Path, storage: str | None = None) -> list[Path]:
+def make_plots(store: Store, folder: Path) -> list[Path]:
+    """Every plot the store has data for, as PNG and PDF in folder."""
     folder.mkdir(parents=True, exist_ok=True)
     written = pareto_plots(store, folder) + memory_vs_length(store, folder) + training_curves(store, folder)
-    written += study_history(store, folder)
-    if storage:
-        written += importance_plot(storage, folder)
-    return written
+    return written + study_history(store, folder) + importance_plots(store, folder)

@@ -6,11 +6,20 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from reports.collect import QUALITY, Store, latest_profiles, noisy_quality, quality_by_variant
-from variants.registry import CHANGES
+from bench.tracking.schema import METRIC_LABELS as LABELS
+from bench.tracking.schema import PAPER_METRICS as QUALITY
+from reports.collect import (
+    Store,
+    latest_profiles,
+    noisy_quality,
+    pareto_mask,
+    quality_by_variant,
+    study_objective,
+)
+from variants.errors import MbsbenchError
+from variants.registry import BASES, single_change_names
 
-ORDER = ("original", "optimized", "optimized_a", "optimized_design", "bsrnn", "original_seed", "optimized_seed")
-LABELS = {"pesq_wb": "PESQ", "csig": "CSIG", "cbak": "CBAK", "covl": "COVL", "ssnr": "SSNR", "stoi": "STOI"}
+ORDER = tuple(BASES)
 
 
 @dataclass
@@ -22,7 +31,6 @@ class Table:
     header: list[str]
     rows: list[list[str]]
     command: str
-    note: str = ""
 
 
 def cell(value: float, ci: float = math.nan, digits: int = 2) -> str:
@@ -55,12 +63,12 @@ def main_table(store: Store) -> Table:
         row += [cell(q[k], q[f"{k}_ci"]) if q is not None else "-" for k in QUALITY]
         row.append(cell(pcs.loc[name]["pesq_wb"], pcs.loc[name]["pesq_wb_ci"]) if q is not None else "-")
         rows.append(row)
-    return Table("main", _main_caption(store, profiles, quality), header, rows,
+    return Table("main", _main_caption(profiles, quality), header, rows,
                  "python -m bench profile --all --batch 6 --seconds 2 && python -m bench run --variant NAME "
                  "--seeds 0,1,2 && python -m reports tables")
 
 
-def _main_caption(store: Store, profiles: pd.DataFrame, quality: pd.DataFrame) -> str:
+def _main_caption(profiles: pd.DataFrame, quality: pd.DataFrame) -> str:
     parts = ["Measured by mbsbench."]
     if not profiles.empty:
         first = profiles.iloc[0]
@@ -76,7 +84,7 @@ def _main_caption(store: Store, profiles: pd.DataFrame, quality: pd.DataFrame) -
 
 def _per_utterance(store: Store, variant: str) -> pd.DataFrame | None:
     """The per-utterance scores of a variant's first seed (downloaded from its run)."""
-    from bench.tracking import download_artifact
+    from bench.tracking.store import download_artifact
 
     runs = store.runs[store.runs["tags.variant"] == variant].sort_values("tags.seed")
     if runs.empty:
@@ -84,9 +92,9 @@ def _per_utterance(store: Store, variant: str) -> pd.DataFrame | None:
     with tempfile.TemporaryDirectory() as folder:
         try:
             path = download_artifact(store.uri, runs["run_id"].iloc[0], "per_utterance.csv", folder)
-            return pd.read_csv(path).set_index("id")
-        except Exception:  # a run without the artifact (failed training): no paired test
+        except MbsbenchError:  # a run without the artifact (training failed before a checkpoint): no paired test
             return None
+        return pd.read_csv(path).set_index("id")
 
 
 def paired_test(base: pd.DataFrame | None, other: pd.DataFrame | None, name: str) -> tuple[float, float]:
@@ -105,8 +113,7 @@ def paired_test(base: pd.DataFrame | None, other: pd.DataFrame | None, name: str
 def ablation_table(store: Store, base: str) -> Table | None:
     """Each single change against its base: differences, '*' where the paired test gives p < 0.05."""
     profiles, quality = latest_profiles(store), quality_by_variant(store)
-    sign = "+" if base == "original" else "-"
-    names = [f"{base}{sign}{c}" for c in CHANGES]
+    names = single_change_names(base)
     present = [n for n in names if n in profiles.index or n in quality.index]
     if not present or (base not in profiles.index and base not in quality.index):
         return None
@@ -123,7 +130,7 @@ def ablation_table(store: Store, base: str) -> Table | None:
             diff, p = paired_test(base_utts, utts, q)
             row.append(cell(diff) + ("*" if p == p and p < 0.05 else ""))
         rows.append(row)
-    return Table(f"ablation_{base}", f"Single changes {'added to' if sign == '+' else 'taken from'} {base}: "
+    return Table(f"ablation_{base}", f"Single changes {'added to' if base == 'original' else 'taken from'} {base}: "
                  "differences to the base (change minus base). Quality: mean over the test utterances of the first "
                  "seed; * marks p < 0.05 in a Wilcoxon signed-rank test over utterances.", header, rows,
                  f"python -m bench ablate --base {base} && python -m reports tables")
@@ -168,40 +175,61 @@ def claims_table(store: Store) -> Table:
                  "python -m reports tables")
 
 
-LITERATURE = [
-    ("noisy input", "1.97", "3.35", "2.44", "2.63", "1.68", "0.91"),
-    ("CMGAN", "3.41", "-", "-", "-", "-", "-"),
-    ("CGA-MGAN", "3.47", "-", "-", "-", "-", "-"),
-    ("SEMamba", "3.55", "-", "-", "-", "-", "-"),
-    ("SEMamba + PCS", "3.69", "-", "-", "-", "-", "-"),
-    ("MP-SENet", "3.60", "-", "-", "-", "-", "-"),
-    ("MP-SENet checkpoint, rescored", "3.50", "4.73", "3.95", "4.22", "10.64", "0.96"),
-    ("Mamba-SEUNet", "3.73", "-", "-", "-", "-", "-"),
+# quoted, never measured here; each row keyed by metric name (a metric missing from a row is '-')
+LITERATURE: list[tuple[str, dict[str, str]]] = [
+    ("noisy input", {"pesq_wb": "1.97", "csig": "3.35", "cbak": "2.44", "covl": "2.63", "ssnr": "1.68",
+                     "stoi": "0.91"}),
+    ("CMGAN", {"pesq_wb": "3.41"}),
+    ("CGA-MGAN", {"pesq_wb": "3.47"}),
+    ("SEMamba", {"pesq_wb": "3.55"}),
+    ("SEMamba + PCS", {"pesq_wb": "3.69"}),
+    ("MP-SENet", {"pesq_wb": "3.60"}),
+    ("MP-SENet checkpoint, rescored", {"pesq_wb": "3.50", "csig": "4.73", "cbak": "3.95", "covl": "4.22",
+                                       "ssnr": "10.64", "stoi": "0.96"}),
+    ("Mamba-SEUNet", {"pesq_wb": "3.73"}),
 ]
 
 
 def literature_table() -> Table:
     header = ["System (quoted)"] + [LABELS[q] for q in QUALITY]
+    rows = [[system] + [values.get(q, "-") for q in QUALITY] for system, values in LITERATURE]
     return Table("literature", "Quoted from the literature on VoiceBank+DEMAND (not measured here; kept apart from "
-                 "measured rows).", header, [list(row) for row in LITERATURE], "python -m reports tables")
+                 "measured rows).", header, rows, "python -m reports tables")
+
+
+def _knobs(trial: pd.Series) -> str:
+    return ", ".join(f"{c[len('params.knob_'):]}={trial[c]}" for c in trial.index
+                     if c.startswith("params.knob_") and trial[c] == trial[c])
+
+
+def _best(ok: pd.DataFrame, metrics: list[str], directions: list[str]) -> str:
+    """The best trial (one objective) or the Pareto front (several), each figure named."""
+    columns = [f"metrics.{m}" for m in metrics]
+    ok = ok.dropna(subset=[c for c in columns if c in ok])
+    if ok.empty or any(c not in ok for c in columns):
+        return "-"
+    if len(metrics) == 1:
+        chosen = ok.loc[ok[columns[0]].idxmax() if directions[0] == "maximize" else ok[columns[0]].idxmin()]
+        return f"{metrics[0]} {chosen[columns[0]]:.4g} at {_knobs(chosen)}"
+    front = ok[pareto_mask(ok[columns].to_numpy(), directions)]
+    return f"Pareto front of {len(front)}: " + "; ".join(
+        " ".join(f"{m} {t[c]:.4g}" for m, c in zip(metrics, columns)) + f" at {_knobs(t)}"
+        for _, t in front.iterrows())
 
 
 def study_table(store: Store) -> Table | None:
+    """One row per study: trials, failed trials, and the best by the study's own objective and direction."""
     trials = store.trials
     if trials.empty:
         return None
     rows = []
     for study, group in trials.groupby("tags.study"):
+        objective = study_objective(store, study)
         ok = group[group["tags.status"] == "ok"]
-        metric_cols = [c for c in group.columns if c.startswith("metrics.")]
-        best = ""
-        if not ok.empty and metric_cols:
-            key = metric_cols[0]
-            chosen = ok.loc[ok[key].idxmax() if "pesq" in key else ok[key].idxmin()]
-            knobs = {c[len("params.knob_"):]: chosen[c] for c in group.columns if c.startswith("params.knob_")}
-            best = f"{key[len('metrics.'):]} {chosen[key]:.4g} at " + ", ".join(f"{k}={v}" for k, v in knobs.items())
-        rows.append([study, str(len(group)), str(len(group) - len(ok)), best or "-"])
-    caption = "Optuna studies: trials logged to MLflow, failed ones (OOM, NaN) counted, best trial."
+        best = _best(ok, *objective) if objective else "- (the study's run recorded no objective)"
+        rows.append([study, str(len(group)), str(len(group) - len(ok)), best])
+    caption = ("Optuna studies: trials logged to MLflow, failed ones (OOM, NaN) counted, the best trial by the "
+               "study's objective (the Pareto front when it has several).")
     return Table("studies", caption, ["Study", "Trials", "Failed", "Best"], rows,
                  "python -m studies search ... && python -m reports tables")
 

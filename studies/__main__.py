@@ -1,16 +1,12 @@
 """python -m studies: search (add trials to a study) and show (best trials, Pareto front, importances)."""
 
 import argparse
-import json
 import sys
 
-from bench.cli import run_main
-from bench.text import format_table
-from studies.objectives import OBJECTIVES, ObjectiveSettings
-from studies.runner import DEFAULT_STORAGE, StudySpec, open_study, run_study
-from studies.space import parse_space
-from variants.errors import MbsbenchError
-from variants.registry import build_config
+from bench.cli.common import above, add_command, add_device, add_tracking, non_negative_int, positive_int
+from bench.cli.shell import make_root, run_main
+from studies.objectives import OBJECTIVES
+from studies.runner import DEFAULT_STORAGE
 
 
 def _choices(items: list[str]) -> dict[str, tuple]:
@@ -25,27 +21,28 @@ def _choices(items: list[str]) -> dict[str, tuple]:
 
 
 def cmd_search(args: argparse.Namespace) -> str:
-    if args.objective not in OBJECTIVES:
-        raise MbsbenchError(f"--objective {args.objective!r}: expected one of {', '.join(OBJECTIVES)}")
+    from bench.cli.measure import tracking_uri
+    from bench.devices import resolve_device
+    from studies.objectives import ObjectiveSettings
+    from studies.runner import StudySpec, run_study
+    from studies.space import parse_space
+    from variants.registry import build_config
+
     build_config(args.base)
     knobs = tuple(parse_space(args.space, _choices(args.choices)))
-    uri = None
-    if not args.no_track:
-        from bench.tracking import check_reachable, resolve_uri
-
-        uri = resolve_uri(args.tracking_uri)
-        check_reachable(uri)
-    settings = ObjectiveSettings(batch=args.batch, seconds=args.seconds, data=args.data, steps=args.steps,
-                                 minutes=args.minutes, seed=args.seed)
+    uri = tracking_uri(args)
+    settings = ObjectiveSettings(device=resolve_device(args.device), batch=args.batch, seconds=args.seconds,
+                                 data=args.data, steps=args.steps, minutes=args.minutes, seed=args.seed)
     name = args.study_name or f"{args.base}-{args.objective}-{'-'.join(k.name for k in knobs)}"
     spec = StudySpec(name, args.storage, args.base, args.objective, knobs, settings, uri)
     counts = run_study(spec, args.trials, args.workers)
     return f"study {name!r}: {counts['added']} trials added, {counts['total']} in all\n" + show(spec)
 
 
-def show(spec: StudySpec) -> str:
+def show(spec) -> str:
     """Trials by state, the best trials (the Pareto front when multi-objective), importances."""
-    import optuna
+    from bench.text import format_table
+    from studies.runner import open_study, study_importances
 
     study = open_study(spec, create=False)
     states: dict[str, int] = {}
@@ -59,48 +56,60 @@ def show(spec: StudySpec) -> str:
     label = "Pareto front" if len(metrics) > 1 else "best trial"
     if best:
         text += f"{label}:\n" + format_table(best, list(best[0]), list(best[0])[1:]) + "\n"
-    complete = [t for t in study.trials if t.state.name == "COMPLETE"]
-    if len(complete) >= 2 and len(study.directions) == 1 and len({json.dumps(t.params) for t in complete}) > 1:
-        importances = optuna.importance.get_param_importances(study)
+    importances = study_importances(study)
+    if importances:
         text += "importances: " + ", ".join(f"{k} {v:.2f}" for k, v in importances.items()) + "\n"
     return text
 
 
 def cmd_show(args: argparse.Namespace) -> str:
-    spec = StudySpec(args.name, args.storage, "", "memory", (), ObjectiveSettings())
-    return show(spec)
+    from studies.objectives import ObjectiveSettings
+    from studies.runner import StudySpec
+
+    return show(StudySpec(args.name, args.storage, "", "memory", (), ObjectiveSettings()))
+
+
+def add_storage(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--storage", default=DEFAULT_STORAGE,
+                   help=f"Optuna storage: a journal file (default {DEFAULT_STORAGE}), sqlite:///FILE or "
+                        "postgresql://...")
 
 
 def make_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m studies", description="Optuna studies over ModelConfig knobs")
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("search", help="add trials to a study (created on first use, resumed after)")
+    parser, sub = make_root("python -m studies", "Optuna studies over ModelConfig knobs")
+    p = add_command(sub, "search", "add trials to a study (created on first use, resumed after)",
+                    "  python -m studies search --space d_state,chunk_size --objective memory --trials 8 --workers 2\n"
+                    "  python -m studies search --space d_state,expand --objective pesq --trials 20 --steps 300",
+                    cmd_search)
     p.add_argument("--space", required=True, help="comma-separated knobs, e.g. d_state,chunk_size")
-    p.add_argument("--choices", action="append", default=[], metavar="KNOB=A,B", help="override a knob's values")
-    p.add_argument("--base", default="optimized")
-    p.add_argument("--objective", default="memory", help=", ".join(OBJECTIVES))
-    p.add_argument("--trials", type=int, default=20)
-    p.add_argument("--workers", type=int, default=1)
-    p.add_argument("--storage", default=DEFAULT_STORAGE, help="journal file (default) or an RDB URL")
-    p.add_argument("--study-name")
-    p.add_argument("--batch", type=int, default=1, help="profile objectives: batch")
-    p.add_argument("--seconds", type=float, default=1.0, help="profile objectives: seconds of audio")
-    p.add_argument("--data", default="synth", help="pesq/multi objectives: dataset (validation split)")
-    p.add_argument("--steps", type=int, default=200, help="pesq/multi objectives: training budget in steps")
-    p.add_argument("--minutes", type=float, help="pesq/multi objectives: training budget in minutes")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--tracking-uri")
-    p.add_argument("--no-track", action="store_true")
-    p.set_defaults(func=cmd_search)
-    p = sub.add_parser("show", help="best trials, Pareto front, importances")
-    p.add_argument("name")
-    p.add_argument("--storage", default=DEFAULT_STORAGE)
-    p.set_defaults(func=cmd_show)
+    p.add_argument("--choices", action="append", default=[], metavar="KNOB=A,B",
+                   help="replace a knob's values, e.g. --choices d_state=8,16 (repeatable)")
+    p.add_argument("--base", default="optimized", help="variant the knobs change (default optimized)")
+    p.add_argument("--objective", default="memory", choices=tuple(OBJECTIVES), help="what the study optimises "
+                                                                                  "(default memory)")
+    p.add_argument("--trials", type=positive_int, default=20, help="trials to add (default 20)")
+    p.add_argument("--workers", type=positive_int, default=1, help="worker processes on this machine (default 1)")
+    add_storage(p)
+    p.add_argument("--study-name", help="default BASE-OBJECTIVE-KNOBS")
+    add_device(p)
+    p.add_argument("--batch", type=positive_int, default=1, help="profile objectives: batch (default 1)")
+    p.add_argument("--seconds", type=above(0.032, " s (one STFT frame)"), default=1.0,
+                   help="profile objectives: seconds of audio (default 1)")
+    p.add_argument("--data", default="synth", help="pesq/multi objectives: dataset (its validation split)")
+    p.add_argument("--steps", type=positive_int, default=200, help="pesq/multi objectives: budget in steps "
+                                                                   "(default 200)")
+    p.add_argument("--minutes", type=above(0), help="pesq/multi objectives: budget in minutes")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="sampler and training seed (default 0)")
+    add_tracking(p)
+    p = add_command(sub, "show", "best trials, Pareto front, importances",
+                    "  python -m studies show optimized-memory-d_state-chunk_size", cmd_show)
+    p.add_argument("name", help="study name")
+    add_storage(p)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_main(make_parser(), argv)
+    return run_main(make_parser, argv)
 
 
 if __name__ == "__main__":

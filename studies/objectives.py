@@ -5,12 +5,9 @@ the runner records it as a failed trial and the study goes on. No objective read
 """
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-import torch
-
-from bench.profile import MemoryCurve, ProfileSettings, count_macs, throughput
 from variants.config import ModelConfig
 from variants.registry import build_model, count_params
 
@@ -31,8 +28,9 @@ class TrialFailedError(Exception):
 
 @dataclass(frozen=True)
 class ObjectiveSettings:
-    """Conditions of the figures: batch and seconds for profiling, data and budget for training."""
+    """Conditions of the figures: device, batch and seconds for profiling, data and budget for training."""
 
+    device: str = "cpu"
     batch: int = 1
     seconds: float = 1.0
     data: str = "synth"
@@ -42,13 +40,15 @@ class ObjectiveSettings:
     crop_seconds: float = 1.0
     seed: int = 0
     workdir: str = "studies-runs"
-    extra: dict = field(default_factory=dict)
 
 
 def peak_memory(cfg: ModelConfig, s: ObjectiveSettings) -> float:
     """Peak live bytes (MiB) of one training step at (batch, seconds)."""
-    settings = ProfileSettings(batch=s.batch, seconds=s.seconds, rss=False)
-    point = MemoryCurve(build_model(cfg), cfg, settings).measure(s.batch, s.seconds, "train")
+    from bench.profiling.memory import MemoryCurve
+    from bench.profiling.workload import ProfileSettings, measured_model
+
+    settings = ProfileSettings(batch=s.batch, seconds=s.seconds, device=s.device, rss=False)
+    point = MemoryCurve(measured_model(cfg, s.device), cfg, settings).measure(s.batch, s.seconds, "train")
     if point["status"] != "ok":
         raise TrialFailedError(f"out of memory: {point['reason']}")
     return point["peak_bytes"] / 2**20
@@ -56,19 +56,27 @@ def peak_memory(cfg: ModelConfig, s: ObjectiveSettings) -> float:
 
 def step_time(cfg: ModelConfig, s: ObjectiveSettings) -> float:
     """Median training-step seconds at (batch, seconds)."""
-    settings = ProfileSettings(batch=s.batch, seconds=s.seconds, repeats=3, rss=False)
-    return throughput(build_model(cfg), cfg, settings, "train")["train_step_s"]
+    from bench.profiling.timing import throughput
+    from bench.profiling.workload import ProfileSettings, measured_model
+
+    settings = ProfileSettings(batch=s.batch, seconds=s.seconds, device=s.device, repeats=3, rss=False)
+    return throughput(measured_model(cfg, s.device), cfg, settings, "train")["train_step_s"]
 
 
 def macs(cfg: ModelConfig, s: ObjectiveSettings) -> float:
+    """MACs per second of audio (device-independent: counted on the CPU)."""
+    from bench.profiling.macs import count_macs
+
     return count_macs(build_model(cfg).eval(), cfg, s.seconds, "cpu")["macs_g_per_s"]
 
 
 def validation_pesq(cfg: ModelConfig, s: ObjectiveSettings, trial=None) -> float:
     """Mean wideband PESQ on the validation split after the training budget (pruned on validation loss)."""
-    from bench.data import open_dataset
-    from bench.evaluate import evaluate
-    from bench.train import Trainer, TrainSettings
+    import torch
+
+    from bench.data.datasets import open_dataset
+    from bench.quality.evaluate import evaluate
+    from bench.training.trainer import Trainer, TrainSettings
 
     dataset = open_dataset(s.data)
     settings = TrainSettings(batch=s.train_batch, crop_seconds=s.crop_seconds, steps=s.steps, minutes=s.minutes,
@@ -76,13 +84,13 @@ def validation_pesq(cfg: ModelConfig, s: ObjectiveSettings, trial=None) -> float
     torch.manual_seed(s.seed)
     folder = Path(s.workdir) / f"trial-{trial.number if trial is not None else 'x'}"
     model = build_model(replace(cfg, scan="auto"))  # same math as the config's scan, more steps per budget
-    trainer = Trainer(model, cfg, "study", dataset.split("train"), dataset.split("val"), settings, folder)
+    trainer = Trainer(model, cfg, "study", dataset.split("train"), dataset.split("val"), settings, folder, s.device)
     if trial is not None:
         trainer.on_validate = lambda step, loss: _report(trial, step, loss)
     result = trainer.run()
     if result.status != "ok":
         raise TrialFailedError(f"training {result.status}: {result.reason}")
-    evaluation, _ = evaluate(dataset, "val", trainer.model, workers=1)
+    evaluation, _ = evaluate(dataset, "val", trainer.model, s.device, workers=1)
     value = evaluation.summary.set_index("metric").loc["pesq_wb", "mean"]
     if not math.isfinite(value):
         raise TrialFailedError("no validation utterance could be scored by PESQ")

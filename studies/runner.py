@@ -1,11 +1,13 @@
 """Studies on Optuna storage: create or resume, enqueue untried grid points, run K worker processes."""
 
+import json
 import math
 import multiprocessing
 import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from bench.console import verbosity
 from studies.objectives import OBJECTIVES, ObjectiveSettings, TrialFailedError, evaluate_config
 from studies.space import Knob, check_values, grid
 from variants.config import ModelConfig
@@ -105,20 +107,23 @@ def objective_for(spec: StudySpec, parent_run: str | None):
 def _log_trial(spec, parent, number, cfg, params, values, reason) -> None:
     if not (spec.tracking_uri and parent):
         return
-    from bench.tracking import provenance_tags, start_run
+    from bench.devices import device_name
+    from bench.tracking.records import record_trial
+    from bench.tracking.store import provenance_tags
 
-    tags = provenance_tags("cpu") | {"task": "study-trial", "study": spec.name, "trial": str(number),
-                                     "status": "ok" if values else "failed", "reason": reason[:500]}
-    with start_run(spec.tracking_uri, "mbsbench-study", f"{spec.name} trial {number}", tags, parent) as run:
-        run.log_params(cfg.to_dict() | {f"knob_{k}": v for k, v in params.items()})
-        if values:
-            run.log_metrics(dict(zip(OBJECTIVES[spec.objective][0], values)))
+    metrics = dict(zip(OBJECTIVES[spec.objective][0], values)) if values else None
+    record_trial(spec.tracking_uri, spec.name, parent, number,
+                 cfg.to_dict() | {f"knob_{k}": v for k, v in params.items()}, metrics,
+                 provenance_tags(device_name(spec.settings.device)), reason)
 
 
-def _worker(spec: StudySpec, trials: int, parent_run: str | None) -> None:
+def _worker(spec: StudySpec, trials: int, parent_run: str | None, verbosity: int = 0) -> None:
     import optuna
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    from bench.console import library_log_level, set_verbosity
+
+    set_verbosity(verbosity)
+    optuna.logging.set_verbosity(library_log_level())
     study = open_study(spec)
     study.optimize(objective_for(spec, parent_run), n_trials=trials, catch=(MemoryError, RuntimeError))
 
@@ -136,15 +141,16 @@ def run_study(spec: StudySpec, trials: int, workers: int = 1) -> dict:
     parent = _parent_run(spec, study)
     shares = [trials // workers + (i < trials % workers) for i in range(workers)]
     if workers == 1:
-        _worker(spec, trials, parent)
+        _worker(spec, trials, parent, verbosity())
     else:
         context = multiprocessing.get_context("spawn")
-        processes = [context.Process(target=_worker, args=(spec, n, parent)) for n in shares if n]
+        processes = [context.Process(target=_worker, args=(spec, n, parent, verbosity())) for n in shares if n]
         for process in processes:
             process.start()
         for process in processes:
             process.join()
     study = open_study(spec, create=False)
+    record_importances(spec, study)
     return {"before": before, "added": len(study.trials) - before, "total": len(study.trials)}
 
 
@@ -155,11 +161,36 @@ def _parent_run(spec: StudySpec, study) -> str | None:
     known = study.user_attrs.get("mlflow_run_id")
     if known:
         return known
-    from bench.tracking import provenance_tags, start_run
+    from bench.devices import device_name
+    from bench.tracking.records import record_study
+    from bench.tracking.store import provenance_tags
 
-    tags = provenance_tags("cpu") | {"task": "study", "study": spec.name, "objective": spec.objective}
-    with start_run(spec.tracking_uri, "mbsbench-study", f"study {spec.name}", tags) as run:
-        run.log_params({"base": spec.base, "objective": spec.objective, "space": ",".join(k.name for k in spec.knobs)}
-                       | {f"setting_{k}": v for k, v in asdict(spec.settings).items()})
-        study.set_user_attr("mlflow_run_id", run.run_id)
-        return run.run_id
+    metrics, directions = OBJECTIVES[spec.objective]
+    tags = provenance_tags(device_name(spec.settings.device)) | {
+        "objective": spec.objective, "objective_metrics": ",".join(metrics),
+        "objective_directions": ",".join(directions)}
+    params = {"base": spec.base, "objective": spec.objective, "space": ",".join(k.name for k in spec.knobs)}
+    run_id = record_study(spec.tracking_uri, spec.name, params | {f"setting_{k}": v for k, v in
+                                                                  asdict(spec.settings).items()}, tags)
+    study.set_user_attr("mlflow_run_id", run_id)
+    return run_id
+
+
+def study_importances(study) -> dict[str, float]:
+    """fANOVA importances of a single-objective study with two or more distinct complete trials; else {}."""
+    import optuna
+
+    complete = [t for t in study.trials if t.state.name == "COMPLETE"]
+    if len(study.directions) != 1 or len({json.dumps(t.params, sort_keys=True) for t in complete}) < 2:
+        return {}
+    return dict(optuna.importance.get_param_importances(study))
+
+
+def record_importances(spec: StudySpec, study) -> None:
+    """Log the study's importances to its MLflow run, where reports read them."""
+    run_id = study.user_attrs.get("mlflow_run_id")
+    importances = study_importances(study)
+    if spec.tracking_uri and run_id and importances:
+        from bench.tracking.records import record_study_importances
+
+        record_study_importances(spec.tracking_uri, run_id, importances)

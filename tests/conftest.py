@@ -1,7 +1,15 @@
-"""Shared fixtures: deterministic seeds and a small waveform."""
+"""Shared fixtures: deterministic seeds, a small waveform, and a cache folder of the test session's own."""
+
+import os
 
 import pytest
 import torch
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _cache_folder(tmp_path_factory: pytest.TempPathFactory) -> None:
+    # nothing a test runs writes to the user's ~/.cache/mbsbench; subprocesses inherit the variable
+    os.environ.setdefault("MBSBENCH_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
 
 
 @pytest.fixture(autouse=True)

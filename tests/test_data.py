@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from bench.data import check_dataset, load_pair, open_dataset, open_synth, open_vbd, split_by_speaker
-from bench.synth import SynthSettings
+from bench.data.datasets import check_dataset, load_pair, open_dataset, open_synth, open_vbd, split_by_speaker
+from bench.data.synth import SynthSettings
 from variants.errors import MbsbenchError
 
 RATE = 16000
@@ -134,7 +134,7 @@ def test_vbd_layout_resamples_and_splits_by_speaker(tmp_path: Path) -> None:
 
 
 def test_split_by_speaker_is_seeded() -> None:
-    from bench.data import Pair
+    from bench.data.datasets import Pair
 
     pairs = [Pair(f"{s}_{i}", Path("c"), Path("n"), s) for s in "abcdefghij" for i in range(4)]
     assert split_by_speaker(pairs, 0.2, 0) == split_by_speaker(pairs, 0.2, 0)

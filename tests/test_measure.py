@@ -5,7 +5,7 @@ import time
 import pytest
 import torch
 
-from bench.measure import LiveTensorPeak, SavedTensorBytes, time_call
+from bench.profiling.instruments import LiveTensorPeak, SavedTensorBytes, time_call
 
 
 def test_timer_measures_a_known_sleep() -> None:

@@ -7,8 +7,8 @@ import pytest
 from pesq import pesq
 from pystoi import stoi
 
-from bench.composite import composite, llr_frames, matlab_round, wss_frames
-from bench.metrics import score_pair, si_sdr, summarize
+from bench.quality.composite import composite, llr_frames, matlab_round, wss_frames
+from bench.quality.metrics import score_pair, si_sdr, summarize
 
 RATE = 16000
 

@@ -6,8 +6,10 @@ import pytest
 import torch
 from torch import nn
 
-from bench import profile
-from bench.profile import MemoryCurve, ProfileSettings, count_macs, matmul_macs, peak_bytes
+from bench.profiling import memory as profile
+from bench.profiling.macs import count_macs, matmul_macs
+from bench.profiling.memory import MemoryCurve, peak_bytes
+from bench.profiling.workload import ProfileSettings
 from variants.errors import MbsbenchError
 from variants.registry import build, build_config, resolve
 
@@ -136,8 +138,7 @@ def test_rss_probe_measures_its_own_process() -> None:
     """A fresh process's peak RSS is its own, not inherited from a parent that used more."""
     import numpy as np
 
-    from bench.profile import peak_rss_subprocess
-    from bench.rss_probe import peak_rss_mib
+    from bench.profiling.rss import peak_rss_mib, peak_rss_subprocess
 
     ballast = np.ones(2**30 // 8)  # 1 GiB touched in this process
     parent = peak_rss_mib()

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from bench.__main__ import main
-from bench.profile import FIGURES
-from bench.tracking import search_runs
+from bench.tracking.schema import PROFILE_FIGURES as FIGURES
+from bench.tracking.store import search_runs
 
 TINY = ["--variant", "optimized", "--set", "feature_dim=32", "--batch", "1", "--seconds", "0.1", "--repeats", "1"]
 
@@ -44,7 +44,7 @@ def test_profile_table_without_tracking(capsys: pytest.CaptureFixture) -> None:
         (["--device", "cuda"], "no CUDA device"),
         (["--batch", "0"], "--batch 0"),
         (["--top-ops", "0"], "--top-ops 0"),
-        (["--seconds", "-1"], "length -1.0 s"),
+        (["--seconds", "-1"], "--seconds -1: expected a number > 0.032"),
         (["--tracking-uri", "http://127.0.0.1:9"], "unreachable"),
         (["--tracking-uri", "sqlite:////nonexistent/dir/x.db"], "does not exist"),
     ],
@@ -63,7 +63,8 @@ def test_profile_bad_input(extra: list[str], fragment: str) -> None:
 
 
 def test_sweep_goes_on_after_a_failure(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
-    import bench.cli_measure as cli
+    import bench.profiling.profile as cli
+    import variants.registry as registry
 
     real = cli.profile_variant
 
@@ -73,7 +74,7 @@ def test_sweep_goes_on_after_a_failure(monkeypatch: pytest.MonkeyPatch, capsys: 
         return real(name, cfg, settings)
 
     monkeypatch.setattr(cli, "profile_variant", flaky)
-    monkeypatch.setattr(cli, "all_names", lambda: ["bsrnn", "optimized"])
+    monkeypatch.setattr(registry, "all_names", lambda: ["bsrnn", "optimized"])
     args = ["profile", "--all", "--set", "feature_dim=32", "--batch", "1", "--seconds", "0.1", "--repeats", "1"]
     assert main([*args, "--no-track", "--no-rss", "--format", "json"]) == 0
     rows = json.loads(capsys.readouterr().out)

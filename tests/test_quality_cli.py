@@ -6,13 +6,14 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import soundfile as sf
 import torch
 
 from bench.__main__ import main
-from bench.checkpoint import save_checkpoint
-from bench.tracking import search_runs
+from bench.tracking.store import search_runs
+from bench.training.checkpoint import save_checkpoint
 from variants.registry import build, build_config
 
 RATE = 16000
@@ -113,3 +114,29 @@ def test_pcs_is_parameter_free_and_level_dependent() -> None:
     assert out.shape == wav.shape and not torch.allclose(out, wav)
     quiet = perceptual_contrast_stretch(wav * 0.01) / 0.01
     assert not torch.allclose(quiet, out, rtol=0.05)  # log1p works on absolute levels
+
+
+def test_pcs_flag_is_applied_once(tmp_path: Path) -> None:
+    """Defect 2: with --set pcs=true the PCS columns are PCS once, the plain ones none: as with pcs=false."""
+    from bench.data.datasets import open_dataset
+    from bench.quality.evaluate import evaluate
+
+    clean, noisy = voiced_files(tmp_path, 2)
+    dataset = open_dataset(f"paired:{clean},{noisy}")
+    tables = []
+    for pcs in (False, True):
+        torch.manual_seed(0)
+        model = build("optimized", feature_dim=16, pcs=pcs)
+        result, _ = evaluate(dataset, "test", model, with_pcs=True, workers=1)
+        tables.append(result.per_utterance.drop(columns="reasons"))
+    assert tables[0]["pesq_wb_pcs"].notna().all() and not tables[0]["pesq_wb_pcs"].equals(tables[0]["pesq_wb"])
+    pd.testing.assert_frame_equal(tables[1], tables[0], rtol=1e-12)  # ESTOI varies in its last bit between calls
+
+
+def test_evaluate_checks_the_tracking_store_before_scoring(tmp_path: Path) -> None:
+    """Defect 7: an unusable tracking URI stops `bench evaluate` before any utterance is scored."""
+    clean, noisy = voiced_files(tmp_path / "data", 1)
+    proc = run_cli("evaluate", "--data", f"paired:{clean},{noisy}", "--noisy", "--workers", "1", "--out",
+                   str(tmp_path / "out"), "--tracking-uri", "sqlite:////nonexistent/dir/x.db")
+    assert proc.returncode == 2 and "does not exist" in proc.stderr
+    assert not (tmp_path / "out").exists()

@@ -4,11 +4,12 @@ import pytest
 import torch
 from torch import nn
 
-from bench.params import model_param_rows
+from bench.profiling.params import model_param_rows
+from variants.bands import BandSplit
 from variants.config import ModelConfig
 from variants.discriminator import Discriminator
 from variants.errors import MbsbenchError
-from variants.layers import BandSplit, BiMambaBlock, DualMagPhaseDecoder, MambaBlock, MaskDecoder3Tap
+from variants.layers import BiMambaBlock, DualMagPhaseDecoder, MambaBlock, MaskDecoder3Tap
 from variants.registry import (
     CHANGES,
     OPTIMIZED,
@@ -188,3 +189,26 @@ def test_meta_build_allocates_nothing() -> None:
     with torch.device("meta"):
         model = build_config_model("original")
     assert all(p.is_meta for p in model.parameters())
+
+
+def test_optimized_names_its_eight_changes() -> None:
+    """Defect 4: optimized is the eight named changes, not whatever CHANGES holds; the tables agree."""
+    from dataclasses import replace
+
+    from variants.config import CHOICES
+    from variants.registry import CHANGE_TEXT, OPTIMIZED_CHANGES, PROPOSED, apply_changes
+    from variants.scan import SCANS
+
+    assert OPTIMIZED_CHANGES == ("chunked_scan", "expand1", "unidirectional", "shared_encoder", "band_mlp",
+                                 "d_state12", "no_output_net", "mask_decoder")
+    assert set(PROPOSED) < set(OPTIMIZED_CHANGES) and set(OPTIMIZED_CHANGES) == set(CHANGES) == set(CHANGE_TEXT)
+    assert apply_changes(ORIGINAL, OPTIMIZED_CHANGES) == OPTIMIZED
+    assert set(CHOICES["scan"]) - {"auto"} == set(SCANS)
+    for change, fields in CHANGES.items():
+        for pick in (0, 1):  # both ends of every delta are valid configs, and differ from each other
+            cfg = replace(ORIGINAL, **{f: values[pick] for f, values in fields.items()})
+            assert all(getattr(cfg, f) == values[pick] for f, values in fields.items()), change
+        assert all(values[0] != values[1] for values in fields.values()), change
+        # a change added to CHANGES but not to OPTIMIZED_CHANGES fails here instead of redefining optimized
+        assert all(values[0] == getattr(ORIGINAL, f) and values[1] == getattr(OPTIMIZED, f)
+                   for f, values in fields.items()), change

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from bench.__main__ import main as bench
-from bench.tracking import search_runs
+from bench.tracking.store import search_runs
 from reports.__main__ import main as reports
 from reports.collect import load_store
 from reports.render import escape_latex, latex, markdown
@@ -106,3 +106,71 @@ def test_render_functions_are_pure() -> None:
     table = literature_table()
     assert markdown(table).count("\n|") == len(table.rows) + 2
     assert latex(table).count(r" \\") == len(table.rows) + 1
+
+
+FAKE_MEMORY = {4: 50.0, 8: 20.0, 12: 30.0, 16: 10.0, 24: 40.0, 32: 60.0}  # the Pareto front is 16, 24, 32
+
+
+@pytest.fixture(scope="module")
+def studies_uri(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """Three studies in one store: params (minimize, measured), pesq (maximize) and multi (faked figures)."""
+    from studies import runner
+    from studies.__main__ import main as studies
+
+    folder = tmp_path_factory.mktemp("studies")
+    uri = f"sqlite:///{folder}/mlflow.db"
+    real = runner.evaluate_config
+
+    def fake(objective, cfg, settings, trial=None):
+        if objective == "params":
+            return real(objective, cfg, settings, trial)
+        pesq = cfg.d_state / 10
+        return (pesq,) if objective == "pesq" else (pesq, FAKE_MEMORY[cfg.d_state])
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(runner, "evaluate_config", fake)
+        for objective in ("params", "pesq", "multi"):
+            assert studies(["search", "--space", "d_state", "--objective", objective, "--trials", "6", "--storage",
+                            str(folder / "s.log"), "--tracking-uri", uri, "--study-name", objective, "-q"]) == 0
+    return uri
+
+
+def test_study_table_ranks_by_each_study_objective(studies_uri: str) -> None:
+    """Defect 1: studies of different objectives in one store; each ranked by its own direction."""
+    from reports.tables import study_table
+
+    rows = {row[0]: row for row in study_table(load_store(studies_uri)).rows}
+    assert rows["params"][1:3] == ["6", "0"] and rows["params"][3].endswith("at d_state=4")
+    assert rows["pesq"][3] == "val_pesq_wb 3.2 at d_state=32"  # maximize, not the smallest
+    assert rows["multi"][3].startswith("Pareto front of 3: ")
+    assert [f"d_state={k}" in rows["multi"][3] for k in (4, 8, 12, 16, 24, 32)] == [False] * 3 + [True] * 3
+
+
+def test_importances_come_from_mlflow(studies_uri: str, tmp_path: Path) -> None:
+    """Defects 5 and 6: the study logs its importances (one rule); reports plot them without Optuna."""
+    store = load_store(studies_uri)
+    study_run = store.studies.set_index("tags.study").loc["params"]
+    assert study_run["metrics.importance_d_state"] == pytest.approx(1.0)  # the only knob has all the importance
+    assert "metrics.importance_d_state" not in store.studies.set_index("tags.study").loc["multi"].dropna()
+    assert reports(["plots", "--out", str(tmp_path), "--tracking-uri", studies_uri]) == 0
+    assert (tmp_path / "importance_params.png").stat().st_size > 1000
+    code = ("import sys, reports.__main__, reports.tables, reports.plots, reports.collect, reports.render; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('optuna', 'studies')))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == "[]", proc.stderr
+
+
+def test_per_utterance_errors_are_not_swallowed(store_uri: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Defect 7: a missing artifact means no paired test; any other failure is raised, not hidden."""
+    import bench.tracking.store as store_module
+    from reports.tables import ablation_table
+
+    store = load_store(store_uri)
+    assert ablation_table(store, "optimized") is not None
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("store went away")
+
+    monkeypatch.setattr(store_module, "download_artifact", broken)
+    with pytest.raises(RuntimeError, match="store went away"):
+        ablation_table(store, "optimized")

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from bench.__main__ import main
-from bench.data import open_dataset
-from bench.tracking import search_runs
-from bench.train import Trainer, TrainSettings
+from bench.data.datasets import open_dataset
+from bench.tracking.store import search_runs
+from bench.training.trainer import Trainer, TrainSettings
 from variants.registry import build, build_config
 
 TINY_DATA = "synth:seed=5,train=8,val=4,test=4"
@@ -120,8 +120,39 @@ def test_ablate_parent_and_children(tmp_path: Path, capsys: pytest.CaptureFixtur
 
 def test_ablate_profile_only(capsys: pytest.CaptureFixture) -> None:
     argv = ["ablate", "--base", "original", "--changes", "expand1,band_mlp", "--profile-only", *TINY_MODEL,
-            "--batch", "1", "--crop-seconds", "0.1", "--device", "cpu", "--format", "json"]
+            "--batch", "1", "--crop-seconds", "0.1", "--device", "cpu", "--format", "json", "--no-track"]
     assert main(argv) == 0
     rows = json.loads(capsys.readouterr().out)
     assert [r["variant"] for r in rows] == ["original", "original+expand1", "original+band_mlp"]
     assert rows[1]["params"] < rows[0]["params"] and all(r["status"] == "ok" for r in rows)
+
+
+def test_ablate_profile_only_logs_each_profile(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """Defect 3: the reports' ablation table reads these profiles, so each one is an MLflow run."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    argv = ["ablate", "--base", "original", "--changes", "expand1", "--profile-only", *TINY_MODEL, "--batch", "1",
+            "--crop-seconds", "0.1", "--device", "cpu", "--format", "json", "--tracking-uri", uri]
+    assert main(argv) == 0
+    rows = json.loads(capsys.readouterr().out)
+    runs = search_runs(uri, "mbsbench-profile").set_index("run_id")
+    assert sorted(runs["tags.variant"]) == ["original", "original+expand1"]
+    for row in rows:
+        assert runs.loc[row["run_id"], "metrics.params"] == row["params"]
+
+
+def test_noisy_input_is_scored_once_per_experiment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Defect 8: the noisy row is computed once for all (variant, seed) pairs, not once per pair."""
+    import bench.training.experiment as experiment
+
+    real, calls = experiment.evaluate, []
+
+    def counting(dataset, split="test", model=None, *args, **kwargs):
+        calls.append(model is None)
+        return real(dataset, split, model, *args, **kwargs)
+
+    monkeypatch.setattr(experiment, "evaluate", counting)
+    request = experiment.RunRequest(("optimized",), (0, 1), TINY_DATA, {"feature_dim": 16, "temporal_layers": 1},
+                                    steps=1, batch=2, crop_seconds=0.5, out=tmp_path)
+    outcome = experiment.run_experiment(request, experiment.RunContext("cpu", None, 1))
+    assert [run.seed for run in outcome.runs] == [0, 1]
+    assert calls.count(True) == 1 and calls.count(False) == 2

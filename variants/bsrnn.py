@@ -2,8 +2,9 @@
 
 from torch import Tensor, nn
 
+from variants.bands import BandSplit
 from variants.config import ModelConfig
-from variants.layers import BandSplit, MaskDecoder3Tap, SpectralEnhancer, group_norm_1, init_like_reference
+from variants.layers import MaskDecoder3Tap, SpectralEnhancer, group_norm_1, init_like_reference
 
 
 class LSTMLayer(nn.Module):

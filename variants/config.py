@@ -18,6 +18,8 @@ CHOICES: dict[str, tuple] = {
     "dt_bias_init": ("log_uniform", "zeroed"),
     "scan_clamps": ("none", "seed"),
 }
+# fields that change how the same function is computed, not what it is: a checkpoint loads whatever they say
+EXECUTION_FIELDS: tuple[str, ...] = ("scan", "chunk_size", "checkpoint_blocks", "pcs")
 POSITIVE: tuple[str, ...] = (
     "n_fft", "hop", "feature_dim", "temporal_layers", "d_state", "d_conv", "expand",
     "decoder_hidden", "chunk_size", "band_layers",
@@ -92,6 +94,15 @@ class ModelConfig:
         out = {f.name: getattr(self, f.name) for f in fields(self)}
         out["band_widths"] = list(self.band_widths)
         return out
+
+    @classmethod
+    def from_dict(cls, fields_: dict) -> "ModelConfig":
+        """The config of a to_dict() (band_widths back to a tuple); unknown fields are an error."""
+        known = field_types()
+        for name in fields_:
+            if name not in known:
+                raise MbsbenchError(f"unknown field {name!r} in a saved config{did_you_mean(name, known)}")
+        return cls(**(fields_ | {"band_widths": tuple(fields_.get("band_widths", BAND_WIDTHS))}))
 
 
 def field_types() -> dict[str, type]:

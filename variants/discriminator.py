@@ -1,4 +1,8 @@
-"""The optional MetricGAN discriminator of the reference (CMGAN's): predicts a normalised PESQ."""
+"""The optional MetricGAN discriminator of the reference (CMGAN's): predicts a normalised PESQ.
+
+Specified and counted (181,650 parameters, MODELS.md) but not used by training yet: `bench run`
+trains without the MetricGAN term.
+"""
 
 import itertools
 

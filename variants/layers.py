@@ -5,12 +5,14 @@ Feature maps are channels-last, (B, T, K, N): frames, bands, channels.
 
 import math
 from collections.abc import Callable
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from variants.bands import BandHeads, RunLinear
 from variants.config import ModelConfig
 from variants.errors import MbsbenchError
 from variants.pcs import perceptual_contrast_stretch
@@ -38,9 +40,10 @@ class SpectralEnhancer(nn.Module):
 
     cfg: ModelConfig  # subclasses also define enhance_spec(spec (B, F, T)) -> spec
 
-    def forward(self, wav: Tensor) -> Tensor:
+    def forward(self, wav: Tensor, pcs: bool | None = None) -> Tensor:
+        """Enhanced waveform; PCS as the config says (inference only), or as `pcs` says when given."""
         out = istft(self.enhance_spec(stft(wav, self.cfg)), self.cfg, wav.shape[-1])
-        if self.cfg.pcs and not self.training:
+        if (self.cfg.pcs if pcs is None else pcs) and not self.training:
             out = perceptual_contrast_stretch(out)
         return out
 
@@ -48,24 +51,6 @@ class SpectralEnhancer(nn.Module):
 def group_norm_1(x: Tensor, norm: nn.GroupNorm) -> Tensor:
     """GroupNorm(1, C) of a channels-last tensor: statistics over every non-batch dim."""
     return F.layer_norm(x, x.shape[1:], eps=norm.eps) * norm.weight + norm.bias
-
-
-class BandSplit(nn.Module):
-    """Per band of w bins: re/im as 2w features, GroupNorm(1, 2w) over (2w x T), Linear(2w -> N)."""
-
-    def __init__(self, widths: tuple[int, ...], channels: int):
-        super().__init__()
-        self.widths = tuple(widths)
-        self.norms = nn.ModuleList(nn.GroupNorm(1, 2 * w) for w in widths)
-        self.fcs = nn.ModuleList(nn.Linear(2 * w, channels) for w in widths)
-
-    def forward(self, spec: Tensor) -> Tensor:
-        x = torch.view_as_real(spec).transpose(1, 2)  # (B, T, F, 2)
-        out = []
-        for band, norm, fc in zip(x.split(self.widths, dim=2), self.norms, self.fcs):
-            feats = band.reshape(band.shape[0], band.shape[1], -1)  # (B, T, 2w), re/im interleaved per bin
-            out.append(fc(group_norm_1(feats, norm)))
-        return torch.stack(out, dim=2)  # (B, T, K, N)
 
 
 class SelectiveSSM(nn.Module):
@@ -82,7 +67,6 @@ class SelectiveSSM(nn.Module):
         self.B_proj = nn.Linear(d, n, bias=False)
         self.C_proj = nn.Linear(d, n, bias=False)
         self.conv1d = nn.Conv1d(d, d, cfg.d_conv, groups=d, padding=cfg.d_conv - 1, bias=True)
-        self.last_scan = cfg.scan  # which implementation ran last ("auto" resolves at run time)
         self.reset_dt_bias()
 
     def reset_dt_bias(self) -> None:
@@ -111,12 +95,12 @@ class SelectiveSSM(nn.Module):
 
     def _scan(self, device: torch.device) -> tuple[Callable[..., Tensor], bool]:
         """The scan function to run, and whether it takes time-major tensors."""
-        self.last_scan = resolve_scan(self.cfg, device)
-        if self.last_scan == "seed":
+        name = resolve_scan(self.cfg, device)
+        if name == "seed":
             return selective_scan_seed, False
-        if self.last_scan == "chunked_ckpt":
+        if name == "chunked_ckpt":
             return selective_scan_chunked_ckpt_time_major, True
-        return SCANS[self.last_scan], False
+        return SCANS[name], False
 
 
 def resolve_scan(cfg: ModelConfig, device: torch.device) -> str:
@@ -211,22 +195,6 @@ class OutputHead(nn.Module):
         return SQUASH[self.stream](self.net(x))
 
 
-class BandHeads(nn.Module):
-    """Per band: GroupNorm(1, N) over (N x T) -> Linear(N -> H) -> Tanh -> Linear(H -> w * per_bin)."""
-
-    def __init__(self, widths: tuple[int, ...], channels: int, hidden: int, per_bin: int):
-        super().__init__()
-        self.norms = nn.ModuleList(nn.GroupNorm(1, channels) for _ in widths)
-        self.mlps = nn.ModuleList(
-            nn.Sequential(nn.Linear(channels, hidden), nn.Tanh(), nn.Linear(hidden, w * per_bin)) for w in widths
-        )
-
-    def forward(self, x: Tensor) -> list[Tensor]:
-        """Per-band outputs (B, T, w * per_bin) of features (B, T, K, N)."""
-        # one unbind, not x[:, :, k] per band: each indexing's backward would zero-fill a full-size gradient
-        return [mlp(group_norm_1(band, norm)) for band, norm, mlp in zip(x.unbind(2), self.norms, self.mlps)]
-
-
 def wrap_phase(phase: Tensor) -> Tensor:
     """Wrap angles to [-pi, pi)."""
     return torch.remainder(phase + math.pi, 2 * math.pi) - math.pi
@@ -244,8 +212,8 @@ class DualMagPhaseDecoder(nn.Module):
         self.phase = BandHeads(cfg.band_widths, cfg.feature_dim, hidden, 1)
 
     def forward(self, streams: list[Tensor], spec: Tensor) -> Tensor:
-        mask = torch.sigmoid(torch.cat(self.mag(streams[0]), dim=-1)).transpose(1, 2)  # (B, F, T)
-        offset = torch.tanh(torch.cat(self.phase(streams[1]), dim=-1)).transpose(1, 2) * math.pi
+        mask = torch.sigmoid(self.mag(streams[0])).transpose(1, 2)  # (B, F, T)
+        offset = torch.tanh(self.phase(streams[1])).transpose(1, 2) * math.pi
         return torch.polar(spec.abs() * mask, wrap_phase(spec.angle() + offset))
 
 
@@ -256,11 +224,12 @@ class MaskDecoder3Tap(nn.Module):
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.heads = BandHeads(cfg.band_widths, cfg.feature_dim, cfg.decoder_hidden * cfg.feature_dim, 12)
+        hidden = cfg.decoder_hidden * cfg.feature_dim
+        self.heads = BandHeads(cfg.band_widths, cfg.feature_dim, hidden, 12, per_band=partial(F.glu, dim=-1))
 
     def forward(self, streams: list[Tensor], spec: Tensor) -> Tensor:
-        bands = [F.glu(out, dim=-1) for out in self.heads(streams[0])]  # (B, T, 6w) each
-        m = torch.cat([o.reshape(o.shape[0], o.shape[1], -1, 3, 2) for o in bands], dim=2)  # (B, T, F, 3, 2)
+        m = self.heads(streams[0])  # (B, T, 6F): per band, GLU of its 12w outputs
+        m = m.unflatten(-1, (-1, 3, 2))  # (B, T, F, 3, 2)
         m = torch.view_as_complex(m.to(spec.real.dtype).contiguous()).transpose(1, 2)  # (B, F, T, 3)
         padded = F.pad(torch.view_as_real(spec), (0, 0, 1, 1))  # zero frame on each side of time
         padded = torch.view_as_complex(padded)  # (B, F, T + 2)
@@ -277,7 +246,9 @@ def init_like_reference(model: nn.Module) -> None:
     bug that zeroed it (dt_bias_init='zeroed'). LSTMs: Xavier input, orthogonal recurrent weights.
     """
     for module in model.modules():
-        if isinstance(module, nn.Linear):
+        if isinstance(module, RunLinear):  # one Linear per band, batched: the same init band by band
+            module.reset_parameters()
+        elif isinstance(module, nn.Linear):
             nn.init.xavier_uniform_(module.weight)
             if module.bias is not None:
                 nn.init.zeros_(module.bias)

@@ -2,8 +2,9 @@
 
 from torch import Tensor, nn
 
+from variants.bands import BandSplit
 from variants.config import ModelConfig
-from variants.layers import DECODERS, BandSplit, Encoder, OutputHead, SpectralEnhancer, init_like_reference
+from variants.layers import DECODERS, Encoder, OutputHead, SpectralEnhancer, init_like_reference
 
 STREAMS = ("magnitude", "phase")
 

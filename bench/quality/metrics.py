@@ -13,9 +13,10 @@ from concurrent.futures import ProcessPoolExecutor
 import numpy as np
 import pandas as pd
 
-from bench.composite import composite
+from bench.quality.composite import composite
+from bench.quality.stats import mean_ci
+from bench.tracking.schema import METRICS
 
-METRICS = ("pesq_wb", "stoi", "estoi", "csig", "cbak", "covl", "ssnr", "si_sdr")
 RATE = 16000
 
 
@@ -125,28 +126,12 @@ def _pool_context():
 
 def summarize(table: pd.DataFrame, metrics: Iterable[str] = METRICS) -> pd.DataFrame:
     """Per metric: mean, std, 95% CI half-width (Student t), n scored and n total."""
-    from scipy.stats import t as student_t
-
     rows = []
     for name in metrics:
         if name not in table:
             continue
         values = table[name].astype(float)
-        scored = values.dropna()
-        n = len(scored)
-        std = float(scored.std(ddof=1)) if n > 1 else math.nan
-        half = float(student_t.ppf(0.975, n - 1) * std / math.sqrt(n)) if n > 1 else math.nan
-        rows.append({"metric": name, "mean": float(scored.mean()) if n else math.nan, "std": std,
-                     "ci95": half, "n_scored": n, "n_total": len(values)})
+        mean, half, n = mean_ci(values)
+        std = float(values.dropna().std(ddof=1)) if n > 1 else math.nan
+        rows.append({"metric": name, "mean": mean, "std": std, "ci95": half, "n_scored": n, "n_total": len(values)})
     return pd.DataFrame(rows)
-
-
-def summary_means(evaluation, prefix: str = "") -> dict[str, float]:
-    """{prefix + metric: mean, ..._ci95: half-width, ..._n: n scored} of an Evaluation's summary (or {})."""
-    if evaluation is None:
-        return {}
-    out = {}
-    for row in evaluation.summary.to_dict("records"):
-        name = prefix + row["metric"]
-        out |= {name: row["mean"], f"{name}_ci95": row["ci95"], f"{name}_n": row["n_scored"]}
-    return out

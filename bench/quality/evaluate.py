@@ -10,8 +10,8 @@ import pandas as pd
 import torch
 from torch import nn
 
-from bench.data import Dataset, Pair, check_pair, is_skipped, load_pair, rms_gain
-from bench.metrics import METRICS, score_many, summarize
+from bench.data.datasets import Dataset, Pair, check_pair, is_skipped, load_pair, rms_gain
+from bench.quality.metrics import METRICS, score_many, summarize
 from variants.pcs import perceptual_contrast_stretch
 
 
@@ -27,12 +27,15 @@ class Evaluation:
 
 
 def enhance(model: nn.Module | None, noisy: np.ndarray, device: str) -> np.ndarray:
-    """The model's output for one full utterance (batch 1), or the noisy input when model is None."""
+    """The network's output for one full utterance (batch 1) without PCS, or the noisy input when model is None.
+
+    PCS is left to the evaluation, which applies it once for the PCS columns, whatever the config's pcs flag.
+    """
     if model is None:
         return noisy
     gain = rms_gain(noisy)  # the model sees inputs normalised as in training; the output is scaled back
     with torch.no_grad():
-        out = model(torch.from_numpy(noisy * gain).float().to(device)[None])
+        out = model(torch.from_numpy(noisy * gain).float().to(device)[None], pcs=False)
     return out[0].float().cpu().numpy() / gain
 
 
@@ -94,3 +97,18 @@ def write_evaluation(result: Evaluation, folder: Path) -> dict[str, Path]:
     paths["skipped"] = folder / "skipped.txt"
     paths["skipped"].write_text("".join(line + "\n" for line in result.skipped))
     return paths
+
+
+def format_evaluation(result: Evaluation, label: str, spec: str, split: str, folder: Path) -> str:
+    """Summary and per-SNR tables as text."""
+    from bench.text import format_table
+
+    rows = result.summary.to_dict("records")
+    text = f"{label} on {spec} [{split}]: {len(result.per_utterance)} utterances scored, "
+    text += f"{len(result.skipped)} skipped; metric stage {result.metric_seconds:.1f} s; "
+    text += f"per-utterance CSV in {folder}\n"
+    text += format_table(rows, ["metric", "mean", "std", "ci95", "n_scored", "n_total"], ["mean", "std", "ci95"])
+    if len(result.per_snr):
+        cols = [c for c in result.per_snr.columns if not c.endswith("_pcs")]
+        text += "\n\nmean per SNR (dB)\n" + format_table(result.per_snr[cols].to_dict("records"), cols, cols)
+    return text

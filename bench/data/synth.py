@@ -9,7 +9,6 @@ import fcntl
 import hashlib
 import json
 import multiprocessing
-import os
 import shutil
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
@@ -19,7 +18,8 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from bench.espeak import Espeak
+from bench.cache import default_cache
+from bench.data.espeak import Espeak
 
 SAMPLE_RATE = 16000
 TRAIN_SNRS = (0.0, 5.0, 10.0, 15.0)
@@ -195,11 +195,6 @@ def generate(settings: SynthSettings, folder: Path) -> None:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-
-
-def default_cache() -> Path:
-    """MBSBENCH_CACHE, else ~/.cache/mbsbench."""
-    return Path(os.environ.get("MBSBENCH_CACHE", Path.home() / ".cache" / "mbsbench"))
 
 
 def ensure_corpus(settings: SynthSettings | None = None, cache: Path | None = None) -> Path:

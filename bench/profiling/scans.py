@@ -1,4 +1,4 @@
-"""`bench scan`: every selective-scan implementation on the shapes the models use, and whole training steps."""
+"""`bench scan`: every selective-scan implementation on the shapes the models use: time, memory, error."""
 
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -6,10 +6,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from bench.measure import MIB, LiveTensorPeak, SavedTensorBytes, time_call
-from bench.profile import make_workload, measured_model, peak_bytes
-from variants.config import ModelConfig
-from variants.registry import build_config
+from bench.profiling.instruments import MIB, LiveTensorPeak, SavedTensorBytes, time_call
+from variants.registry import lookup
 from variants.scan import INDEXED_LOOPS, SCANS, cuda_scan_available, selective_scan_ref
 
 FRAMES_2S = 251  # 2 s at hop 128, centered STFT
@@ -56,6 +54,23 @@ def available_scans(device: str) -> list[str]:
     if torch.device(device).type == "cuda" and cuda_scan_available():
         names.append("cuda")
     return names
+
+
+def _chosen(known: list[str], requested: tuple[str, ...] | None) -> list[str]:
+    """The requested scans (each checked against known), or all of known."""
+    for name in requested or ():
+        lookup({k: k for k in known}, name, "scan")
+    return list(requested) if requested else known
+
+
+def bench_scan_names(device: str, requested: tuple[str, ...] | None = None) -> list[str]:
+    """The scans `bench scan` measures: the requested ones, or every one available on the device."""
+    return _chosen(available_scans(device), requested)
+
+
+def step_scans(device: str, requested: tuple[str, ...] | None = None) -> list[str]:
+    """The scans a model can train with here (not the reference's indexed loops): requested, or all."""
+    return _chosen([n for n in available_scans(device) if n not in INDEXED_LOOPS], requested)
 
 
 def _rel_err(a: Tensor, b: Tensor) -> float:
@@ -113,42 +128,3 @@ def bench_scans(
                 row["max_rel_err"] = max([_rel_err(y, ref[0])] + [_rel_err(g, r) for g, r in zip(grads, ref[1])])
             rows.append(row)
     return rows
-
-
-def measure_training_step(cfg: ModelConfig, batch: int, seconds: float, repeats: int, device: str) -> dict:
-    """Median time and peak live tensor bytes of one training step of a config's model."""
-    work = make_workload(measured_model(cfg, device), cfg, batch, seconds, device, "float32")
-    work.train()  # creates the optimizer state outside the measured step
-    peak = peak_bytes(work.train, work.resident(), device)
-    timing = time_call(work.train, repeats, 0, device)
-    return {"step_s": timing["median_s"], "peak_live_mib": peak / MIB}
-
-
-def bench_model_step(
-    variant: str, names: list[str], batch: int = 1, seconds: float = 1.0, repeats: int = 2,
-    device: str = "cpu",
-) -> list[dict]:
-    """Whole training step of a model with each scan: time and peak live tensor bytes."""
-    rows = []
-    for name in names:
-        row = {"model": variant, "scan": name, "batch": batch, "seconds": seconds}
-        rows.append(row | measure_training_step(build_config(variant, scan=name), batch, seconds, repeats, device))
-    return rows
-
-
-def record_scan_bench(rows: list[dict], uri: str, device: str, settings: dict) -> str:
-    """Log a `bench scan` table to MLflow (experiment 'mbsbench-scan'): one metric per row and figure."""
-    import json
-
-    from bench.tracking import provenance_tags, start_run
-
-    with start_run(uri, "mbsbench-scan", f"scan bench {settings.get('model') or 'shapes'}",
-                   provenance_tags(device) | {"task": "scan"}) as run:
-        run.log_params(settings)
-        metrics = {}
-        for row in rows:
-            label = "_".join(str(row.get(k, "")).replace(" ", "_") for k in ("shape", "model", "scan") if row.get(k))
-            metrics |= {f"{label}_{k}": v for k, v in row.items() if isinstance(v, float)}
-        run.log_metrics(metrics)
-        run.log_text(json.dumps(rows, indent=2), "scan_bench.json")
-        return run.run_id

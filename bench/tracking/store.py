@@ -1,4 +1,4 @@
-"""The only module that talks to MLflow: runs, params, metrics, tags, artifacts, and reading back."""
+"""The only module that imports MLflow: the client, runs, params, metrics, tags, artifacts, reading back."""
 
 import fcntl
 import importlib.metadata
@@ -15,16 +15,31 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import torch
-
+from bench.console import library_log_level
 from variants.errors import MbsbenchError
 
 DEFAULT_URI = "sqlite:///mlflow.db"  # relative to the working directory
-PACKAGES = ("torch", "numpy", "mlflow-skinny", "mbsbench")
-# MLflow retries unreachable servers for minutes by default; we check reachability ourselves
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
-os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+PACKAGES = ("torch", "numpy", "mlflow-skinny", "optuna", "mbsbench")
+MLFLOW_ENVIRONMENT = {
+    # no telemetry thread, no file under ~/.config, no look-up of a telemetry host at run time
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "DO_NOT_TRACK": "true",
+    # MLflow retries unreachable servers for minutes by default; we check reachability ourselves
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+}
+
+
+def mlflow_module():
+    """The mlflow package, imported after its environment is set (telemetry starts at import)."""
+    for key, value in MLFLOW_ENVIRONMENT.items():
+        os.environ.setdefault(key, value)
+    import mlflow
+
+    for name in ("mlflow", "alembic"):  # schema creation logs INFO lines on stderr: shown only with -v
+        logging.getLogger(name).setLevel(library_log_level())
+    return mlflow
 
 
 def resolve_uri(explicit: str | None = None) -> str:
@@ -69,14 +84,10 @@ def _creation_lock(uri: str) -> Iterator[None]:
 
 def client(uri: str):
     """An MlflowClient for the URI, creating (once, under a lock) the sqlite store if needed."""
-    from mlflow.tracking import MlflowClient
-
-    for name in ("mlflow", "alembic"):  # schema creation logs INFO lines on stderr: keep stderr for errors
-        logging.getLogger(name).setLevel(logging.WARNING)
-
+    mlflow = mlflow_module()
     check_reachable(uri)
     with _creation_lock(uri):
-        tracking = MlflowClient(tracking_uri=uri)
+        tracking = mlflow.tracking.MlflowClient(tracking_uri=uri)
         tracking.search_experiments(max_results=1)  # creates the schema on first use
     return tracking
 
@@ -88,13 +99,13 @@ def experiment_id(tracking, name: str) -> str:
         return found.experiment_id
     try:
         return tracking.create_experiment(name)
-    except Exception:  # another process created it between the two calls
+    except mlflow_module().exceptions.MlflowException:  # another process created it between the two calls
         return tracking.get_experiment_by_name(name).experiment_id
 
 
 def git_state() -> dict[str, str]:
     """Commit and dirty flag of the working tree, or 'unknown' outside git."""
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
 
     def git(*args: str) -> str:
         return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=10).stdout.strip()
@@ -109,6 +120,8 @@ def git_state() -> dict[str, str]:
 
 def provenance_tags(device_label: str) -> dict[str, str]:
     """Tags every run carries: git state, package versions, device, torch threads."""
+    import torch
+
     tags = git_state() | {"device": device_label, "torch_threads": str(torch.get_num_threads())}
     for package in PACKAGES:
         try:
@@ -123,7 +136,7 @@ def _flat_params(params: Mapping[str, Any]) -> dict[str, str]:
 
 
 class Run:
-    """One MLflow run: log params, metrics (with optional step), tags and text artifacts."""
+    """One MLflow run: log params, metrics (with optional step), tags and artifacts."""
 
     def __init__(self, tracking, run_id: str):
         self.tracking = tracking
@@ -154,6 +167,12 @@ class Run:
             path.write_text(text)
             self.tracking.log_artifact(self.run_id, str(path))
 
+    def log_file(self, path: Path, folder: str | None = None) -> None:
+        self.tracking.log_artifact(self.run_id, str(path), folder)
+
+    def log_folder(self, path: Path, folder: str | None = None) -> None:
+        self.tracking.log_artifacts(self.run_id, str(path), folder)
+
 
 @contextmanager
 def start_run(
@@ -175,68 +194,13 @@ def start_run(
 
 def search_runs(uri: str, experiment: str):
     """All runs of an experiment as a pandas DataFrame (params.*, metrics.*, tags.* columns)."""
-    import mlflow
-
+    mlflow = mlflow_module()
     tracking = client(uri)
     found = tracking.get_experiment_by_name(experiment)
     if found is None:
         raise MbsbenchError(f"no experiment {experiment!r} in {uri}")
     mlflow.set_tracking_uri(uri)
     return mlflow.search_runs(experiment_ids=[found.experiment_id])
-
-
-def record_evaluation(uri: str, result, paths: dict, audio: list, info: dict) -> str:
-    """Log an evaluation: summary means, CI and n per metric, the CSVs and a few wavs."""
-    tags = provenance_tags(info["device"]) | {"task": "evaluate", "variant": info["label"],
-                                              "data_fingerprint": info["data_fingerprint"]}
-    with start_run(uri, "mbsbench-evaluate", f"evaluate {info['label']} {info['split']}", tags) as run:
-        run.log_params(info)
-        from bench.metrics import summary_means
-
-        run.log_metrics({k: v for k, v in summary_means(result).items() if v == v})
-        for path in paths.values():
-            run.tracking.log_artifact(run.run_id, str(path))
-        _log_wavs(run, audio)
-        return run.run_id
-
-
-def _log_wavs(run: Run, audio: list, folder_name: str = "enhanced") -> None:
-    import soundfile as sf
-
-    if not audio:
-        return
-    with tempfile.TemporaryDirectory() as folder:
-        for name, wav in audio:
-            sf.write(Path(folder) / f"{name}.wav", wav, 16000)
-        run.tracking.log_artifacts(run.run_id, folder, folder_name)
-
-
-def log_run_outcome(uri: str, info: dict, params: dict, figures: dict, train, paths: dict, audio: list,
-                    parent: str | None = None) -> str:
-    """Log one trained (variant, seed): params, figures, loss curves, CSVs, best checkpoint, a few wavs."""
-    tags = provenance_tags(info["device"]) | {"task": "run", "variant": info["variant"], "seed": str(info["seed"]),
-                                              "data_fingerprint": info["data_fingerprint"],
-                                              "status": info["status"], "reason": info["reason"][:500]}
-    with start_run(uri, "mbsbench-run", f"run {info['variant']} seed {info['seed']}", tags, parent) as run:
-        run.log_params(params)
-        run.log_metrics({k: v for k, v in figures.items() if isinstance(v, int | float) and v == v})
-        for step, loss in train.train_curve[:: max(1, len(train.train_curve) // 1000)]:
-            run.log_metrics({"train_loss": loss}, step=step)
-        for step, loss in train.val_curve:
-            run.log_metrics({"val_loss": loss}, step=step)
-        for path in paths.values():
-            run.tracking.log_artifact(run.run_id, str(path))
-        if train.best_path is not None and Path(train.best_path).is_file():
-            run.tracking.log_artifact(run.run_id, str(train.best_path), "checkpoint")
-        _log_wavs(run, audio)
-        return run.run_id
-
-
-@contextmanager
-def parent_run(uri: str, experiment: str, name: str, tags: Mapping[str, str]) -> Iterator[str]:
-    """A parent run whose id children pass as `parent`."""
-    with start_run(uri, experiment, name, tags) as run:
-        yield run.run_id
 
 
 def experiment_runs(uri: str, experiment: str):
@@ -250,8 +214,12 @@ def experiment_runs(uri: str, experiment: str):
 
 
 def download_artifact(uri: str, run_id: str, path: str, folder: str) -> Path:
-    """Local copy of one artifact of a run."""
-    return Path(client(uri).download_artifacts(run_id, path, folder))
+    """Local copy of one artifact of a run; an error naming the artifact when the run has none."""
+    mlflow = mlflow_module()
+    try:
+        return Path(client(uri).download_artifacts(run_id, path, folder))
+    except (mlflow.exceptions.MlflowException, OSError) as err:
+        raise MbsbenchError(f"run {run_id} has no artifact {path!r} ({type(err).__name__})") from None
 
 
 def metric_history(uri: str, run_id: str, key: str) -> list[tuple[int, float]]:

@@ -5,7 +5,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from variants.config import ModelConfig
+from variants.config import EXECUTION_FIELDS, ModelConfig
 from variants.errors import MbsbenchError
 
 
@@ -27,9 +27,7 @@ def load_checkpoint(path: Path, cfg: ModelConfig, variant: str, model: nn.Module
     except Exception as err:  # torch raises many types for a file that is not a checkpoint
         raise MbsbenchError(f"checkpoint {path}: not an mbsbench checkpoint ({type(err).__name__})") from None
     ours = cfg.to_dict()
-    # the scan implementation and checkpointing do not change the weights
-    runtime_only = ("scan", "chunk_size", "checkpoint_blocks", "pcs")
-    differ = [k for k in ours if k not in runtime_only and saved.get(k) != ours[k]]
+    differ = [k for k in ours if k not in EXECUTION_FIELDS and saved.get(k) != ours[k]]
     if differ:
         fields = ", ".join(f"{k}={saved.get(k)!r} (here {ours[k]!r})" for k in differ[:4])
         raise MbsbenchError(f"checkpoint {path} was trained as {data.get('variant')!r}, not {variant!r}: {fields}")

@@ -51,7 +51,7 @@ class Espeak:
         self.lib.espeak_ng_SetRandSeed(ctypes.c_long(value))
         ctypes.CDLL(None).srand(ctypes.c_uint(value))
 
-    def _collect(self, wav, count, events) -> int:
+    def _collect(self, wav, count, _events) -> int:
         if count > 0:
             self._chunks.append(np.ctypeslib.as_array(wav, shape=(count,)).copy())
         return 0

@@ -15,7 +15,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from bench.synth import SAMPLE_RATE, SynthSettings, ensure_corpus
+from bench.data.synth import SAMPLE_RATE, SynthSettings, ensure_corpus
 from variants.errors import MbsbenchError
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")

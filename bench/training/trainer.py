@@ -16,8 +16,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from bench.checkpoint import save_checkpoint
-from bench.data import Pair, load_pair, rms_gain
+from bench.data.datasets import Pair, load_pair, rms_gain
+from bench.training.checkpoint import save_checkpoint
 from variants.config import ModelConfig
 from variants.errors import MbsbenchError
 from variants.layers import stft, wrap_phase

@@ -1,0 +1,125 @@
+"""Arguments every CLI shares, declared once, and the value checks that run where a flag is parsed.
+
+A checker raises argparse.ArgumentTypeError('VALUE: expected ...'); the shell prints it as one line,
+'--flag VALUE: expected ...', and exits 2 before any work starts.
+"""
+
+import argparse
+import math
+from collections.abc import Callable
+
+DEVICE_HELP = "cpu, cuda, cuda:N or auto (default auto: CUDA when present, else the CPU)"
+
+
+def _bad(text: str, expected: str) -> argparse.ArgumentTypeError:
+    return argparse.ArgumentTypeError(f"{text}: expected {expected}")
+
+
+def _number(kind: type, text: str, expected: str) -> float:
+    try:
+        value = kind(text)
+    except ValueError:
+        raise _bad(text, expected) from None
+    if kind is float and not math.isfinite(value):
+        raise _bad(text, expected)
+    return value
+
+
+def at_least(low: float, kind: type = int) -> Callable[[str], float]:
+    """A checker for numbers >= low."""
+    expected = f"{'an integer' if kind is int else 'a number'} >= {low}"
+
+    def check(text: str) -> float:
+        value = _number(kind, text, expected)
+        if value < low:
+            raise _bad(text, expected)
+        return value
+
+    return check
+
+
+def above(low: float, unit: str = "") -> Callable[[str], float]:
+    """A checker for finite numbers > low."""
+    expected = f"a number > {low}{unit}"
+
+    def check(text: str) -> float:
+        value = _number(float, text, expected)
+        if not value > low:
+            raise _bad(text, expected)
+        return value
+
+    return check
+
+
+def comma_list(kind: type, low: float | None = None) -> Callable[[str], tuple]:
+    """A checker for comma-separated numbers (each >= low when given)."""
+    expected = f"comma-separated {'integers' if kind is int else 'numbers'}"
+    expected += f" >= {low}" if low is not None else ""
+
+    def check(text: str) -> tuple:
+        items = [item.strip() for item in text.split(",") if item.strip()]
+        values = tuple(_number(kind, item, expected) for item in items)
+        if not values or (low is not None and min(values) < low):
+            raise _bad(text, expected)
+        return values
+
+    return check
+
+
+def names(text: str) -> tuple[str, ...]:
+    """Comma-separated names, blanks dropped; empty is an error."""
+    items = tuple(item.strip() for item in text.split(",") if item.strip())
+    if not items:
+        raise _bad(text, "comma-separated names")
+    return items
+
+
+positive_int = at_least(1)
+non_negative_int = at_least(0)
+
+
+def add_variant(parser: argparse.ArgumentParser, required: bool = True) -> None:
+    """--variant NAME and --set KEY=VALUE (repeatable)."""
+    parser.add_argument("--variant", required=required, help="registered name, e.g. original+expand1 "
+                                                             "(python -m bench list)")
+    add_set(parser)
+
+
+def add_set(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a ModelConfig field, e.g. --set d_state=12 (repeatable)")
+
+
+def add_device(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default="auto", help=DEVICE_HELP)
+
+
+def add_tracking(parser: argparse.ArgumentParser, optional: bool = True) -> None:
+    """--tracking-uri, and --no-track where logging is optional."""
+    parser.add_argument("--tracking-uri", help="MLflow store: sqlite:///FILE, postgresql://..., http(s)://SERVER "
+                                               "(default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
+    if optional:
+        parser.add_argument("--no-track", action="store_true", help="do not log to MLflow")
+
+
+def add_format(parser: argparse.ArgumentParser, choices: tuple[str, ...] = ("table", "json")) -> None:
+    parser.add_argument("--format", choices=choices, default=choices[0], help=f"output format (default {choices[0]})")
+
+
+def verbosity_parent() -> argparse.ArgumentParser:
+    """-q / -v, shared by every subcommand (results on stdout, diagnostics on stderr either way)."""
+    parent = argparse.ArgumentParser(add_help=False)
+    group = parent.add_mutually_exclusive_group()
+    group.add_argument("-q", "--quiet", dest="verbosity", action="store_const", const=-1, default=0,
+                       help="no progress bars or status lines on stderr")
+    group.add_argument("-v", "--verbose", dest="verbosity", action="store_const", const=1,
+                       help="also MLflow's and Optuna's INFO lines")
+    return parent
+
+
+def add_command(sub, name: str, help_text: str, examples: str, func) -> argparse.ArgumentParser:
+    """A subcommand with its help, an examples epilog, -q/-v, and its handler."""
+    parser = sub.add_parser(name, help=help_text, description=help_text, epilog="examples:\n" + examples,
+                            formatter_class=argparse.RawDescriptionHelpFormatter, parents=[verbosity_parent()])
+    parser.set_defaults(func=func)
+    return parser

@@ -1,0 +1,127 @@
+"""`bench data check`, `bench evaluate`, `bench metrics`: thin handlers over bench.data and bench.quality."""
+
+import argparse
+import json
+
+from bench.cli.common import add_command, add_device, add_format, add_set, add_tracking, non_negative_int
+from bench.cli.measure import tracking_uri
+
+DATA_HELP = "synth, synth:SEED, synth:seed=N,train=N,val=N,test=N, vbd:PATH or paired:CLEAN_DIR,NOISY_DIR"
+
+
+def cmd_data_check(args: argparse.Namespace) -> str:
+    from bench.data.datasets import check_dataset, open_dataset
+
+    dataset = open_dataset(args.spec)
+    problems = check_dataset(dataset, [args.split] if args.split else None)
+    if args.format == "json":
+        return json.dumps([p.__dict__ for p in problems], indent=2)
+    sizes = ", ".join(f"{name} {len(pairs)}" for name, pairs in dataset.splits.items())
+    head = f"{dataset.spec}: {sizes} pairs; fingerprint {dataset.fingerprint}; {len(problems)} problems\n"
+    return head + "".join(p.line() + "\n" for p in problems)
+
+
+def _model(args: argparse.Namespace, device: str):
+    from pathlib import Path
+
+    from bench.training.checkpoint import load_checkpoint
+    from variants.errors import MbsbenchError
+    from variants.registry import build_config, build_model, parse_overrides
+
+    if args.noisy:
+        return None, "noisy"
+    if not args.variant or not args.checkpoint:
+        raise MbsbenchError("evaluate needs --noisy, or --variant NAME with --checkpoint PATH")
+    cfg = build_config(args.variant, **parse_overrides(args.set))
+    model = build_model(cfg)
+    load_checkpoint(Path(args.checkpoint), cfg, args.variant, model)
+    return model.to(device), args.variant
+
+
+def cmd_evaluate(args: argparse.Namespace) -> str:
+    import time
+    from pathlib import Path
+
+    from bench.console import progress
+    from bench.data.datasets import open_dataset
+    from bench.devices import device_name, resolve_device
+    from bench.quality.evaluate import evaluate, format_evaluation, write_evaluation
+
+    device = resolve_device(args.device)
+    uri = tracking_uri(args)  # checked before scoring, not after
+    model, label = _model(args, device)
+    dataset = open_dataset(args.data)
+    pairs = dataset.split(args.split)
+    with progress(len(pairs) * (2 if args.pcs else 1), f"scoring {label}", "utt") as bar:
+        result, audio = evaluate(dataset, args.split, model, device, args.pcs, args.composite_compat, args.workers,
+                                 bar.update, keep_audio=3)
+    folder = Path(args.out or f"runs/evaluate-{label}-{time.strftime('%Y%m%d-%H%M%S')}")
+    paths = write_evaluation(result, folder)
+    if uri:
+        from bench.tracking.records import record_evaluation
+
+        record_evaluation(uri, result, paths, audio, {
+            "label": label, "data": dataset.spec, "data_fingerprint": dataset.fingerprint, "split": args.split,
+            "pcs": args.pcs, "composite_mode": "compat" if args.composite_compat else "matlab",
+            "device": device_name(device),
+        })
+    if args.format == "json":
+        return result.summary.to_json(orient="records", indent=2)
+    return format_evaluation(result, label, dataset.spec, args.split, folder)
+
+
+def cmd_metrics(args: argparse.Namespace) -> str:
+    from pathlib import Path
+
+    from bench.data.datasets import read_audio
+    from bench.quality.metrics import score_pair
+    from bench.text import format_table
+
+    clean, _ = read_audio(Path(args.clean))
+    enhanced, _ = read_audio(Path(args.enhanced))
+    scores = score_pair(clean, enhanced, args.composite_compat)
+    if args.format == "json":
+        return json.dumps(scores, indent=2)
+    return format_table([{"metric": k, "value": v} for k, v in scores.items()], ["metric", "value"], ["value"])
+
+
+def add_workers(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--workers", type=non_negative_int, default=0,
+                   help="metric processes (default 0: one per core)")
+
+
+def add_quality_commands(sub) -> None:
+    """Register data, evaluate and metrics."""
+    p = sub.add_parser("data", help="datasets: check a dataset for bad files", description="dataset tools")
+    data_sub = p.add_subparsers(dest="data_command", required=True, metavar="COMMAND")
+    p = add_command(data_sub, "check", "list every bad file with its reason and what is done about it",
+                    "  python -m bench data check vbd:~/vbd\n  python -m bench data check synth --split test",
+                    cmd_data_check)
+    p.add_argument("spec", help=DATA_HELP)
+    p.add_argument("--split", help="only this split (train, val or test)")
+    add_format(p)
+
+    p = add_command(sub, "evaluate", "score a split: a trained variant, or the noisy input (--noisy)",
+                    "  python -m bench evaluate --data synth --noisy\n"
+                    "  python -m bench evaluate --data vbd:~/vbd --variant optimized --checkpoint runs/x/best.pt --pcs",
+                    cmd_evaluate)
+    p.add_argument("--data", default="synth", help=f"dataset: {DATA_HELP} (default synth)")
+    p.add_argument("--split", default="test", help="split to score (default test)")
+    p.add_argument("--noisy", action="store_true", help="score the unprocessed noisy input")
+    p.add_argument("--variant", help="registered name of the checkpoint's model")
+    p.add_argument("--checkpoint", help="a checkpoint written by bench run (best.pt or last.pt)")
+    add_set(p)
+    p.add_argument("--pcs", action="store_true", help="also score with perceptual contrast stretching")
+    p.add_argument("--composite-compat", action="store_true", help="composite as the commonly copied Python port")
+    add_workers(p)
+    add_device(p)
+    p.add_argument("--out", help="folder for the CSVs (default runs/evaluate-LABEL-TIME)")
+    add_tracking(p)
+    add_format(p)
+
+    p = add_command(sub, "metrics", "score one clean/enhanced pair",
+                    "  python -m bench metrics --clean a.wav --enhanced b.wav --format json", cmd_metrics)
+    p.add_argument("--clean", required=True, help="the clean reference (any sample rate; resampled to 16 kHz)")
+    p.add_argument("--enhanced", required=True, help="the enhanced (or noisy) signal to score")
+    p.add_argument("--composite-compat", action="store_true", help="composite as the commonly copied Python port")
+    add_format(p)

@@ -1,0 +1,121 @@
+"""`bench run` and `bench ablate`: flags -> RunRequest and RunContext -> run_experiment -> a summary table."""
+
+import argparse
+import json
+
+from bench.cli.common import (
+    above,
+    add_command,
+    add_device,
+    add_format,
+    add_set,
+    add_tracking,
+    comma_list,
+    names,
+    positive_int,
+)
+from bench.cli.measure import profile_named, tracking_uri
+from bench.cli.quality import DATA_HELP, add_workers
+from variants.config import CHOICES
+
+SCAN_CHOICES = (*CHOICES["scan"], "keep")
+
+
+def run_request(args: argparse.Namespace, variants: list[str], parent_name: str | None = None):
+    from pathlib import Path
+
+    from bench.training.experiment import RunRequest
+    from variants.registry import parse_overrides
+
+    return RunRequest(tuple(variants), tuple(args.seeds), args.data, parse_overrides(args.set), args.scan,
+                      args.epochs, args.steps, args.minutes, args.batch, args.crop_seconds, args.lr, args.phase_loss,
+                      Path(args.out), args.resume, parent_name)
+
+
+def run_context(args: argparse.Namespace):
+    from bench.devices import resolve_device
+    from bench.training.experiment import RunContext
+
+    return RunContext(resolve_device(args.device), tracking_uri(args), args.workers)
+
+
+def _render(outcome, fmt: str) -> str:
+    from bench.text import format_table
+    from bench.tracking.schema import RUN_COLUMNS
+
+    rows = outcome.rows()
+    if fmt == "json":
+        return json.dumps(rows, indent=2, default=str)
+    return "test split, full utterances; mean over utterances\n" + format_table(rows, RUN_COLUMNS, RUN_COLUMNS[3:])
+
+
+def cmd_run(args: argparse.Namespace) -> str:
+    from bench.training.experiment import run_experiment
+
+    return _render(run_experiment(run_request(args, [args.variant]), run_context(args)), args.format)
+
+
+def cmd_ablate(args: argparse.Namespace) -> str:
+    from bench.training.experiment import run_experiment
+    from variants.registry import single_change_names
+
+    variants = [args.base, *single_change_names(args.base, list(args.changes) if args.changes else None)]
+    if args.profile_only:
+        return _ablate_profile(variants, args)
+    outcome = run_experiment(run_request(args, variants, f"ablate {args.base}"), run_context(args))
+    return _render(outcome, args.format)
+
+
+def _ablate_profile(variants: list[str], args: argparse.Namespace) -> str:
+    """Profile each variant at (batch, crop) without training, one MLflow profile run each."""
+    from bench.devices import resolve_device
+    from bench.profiling.workload import ProfileSettings
+    from variants.registry import parse_overrides
+
+    batch = args.batch if args.batch is not None else 1
+    seconds = args.crop_seconds if args.crop_seconds is not None else 1.0
+    settings = ProfileSettings(batch=batch, seconds=seconds, device=resolve_device(args.device), repeats=2, rss=False)
+    return profile_named(variants, parse_overrides(args.set), settings, tracking_uri(args), args.format)
+
+
+def add_training_flags(p: argparse.ArgumentParser) -> None:
+    """Data, budget, recipe, device, outputs: what run and ablate share."""
+    p.add_argument("--data", default="synth", help=f"dataset: {DATA_HELP} (default synth)")
+    p.add_argument("--epochs", type=positive_int, help="training budget in epochs")
+    p.add_argument("--steps", type=positive_int, help="training budget in optimizer steps (wins over --epochs)")
+    p.add_argument("--minutes", type=above(0), help="training budget in minutes of training")
+    p.add_argument("--seeds", type=comma_list(int, 0), default=(0,), help="comma-separated seeds (default 0)")
+    p.add_argument("--batch", type=positive_int, help="utterances per step (default 6; synth default budget: 4)")
+    p.add_argument("--crop-seconds", type=above(0.032, " s (one STFT frame)"),
+                   help="training crop in seconds (default 2; synth default budget: 1)")
+    p.add_argument("--lr", type=above(0), default=1e-3, help="Adam learning rate (default 1e-3)")
+    p.add_argument("--phase-loss", action="store_true", help="add the phase term (dual mag/phase decoder only)")
+    add_device(p)
+    add_set(p)
+    p.add_argument("--scan", default="auto", choices=SCAN_CHOICES,
+                   help="scan for training (default auto: the fastest exact one here); keep: each variant's own;"
+                        " --set scan=... wins")
+    add_workers(p)
+    p.add_argument("--out", default="runs", help="folder for checkpoints and CSVs (default runs)")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/VARIANT-seedS/last.pt")
+    add_tracking(p)
+    add_format(p)
+
+
+def add_run_commands(sub) -> None:
+    """Register run and ablate."""
+    p = add_command(sub, "run", "train a variant on a budget, evaluate it on the test split, log it",
+                    "  python -m bench run --variant optimized\n"
+                    "  python -m bench run --variant optimized --data vbd:~/vbd --epochs 100 --seeds 0,1,2 "
+                    "--device cuda\n  python -m bench run --variant optimized --resume", cmd_run)
+    p.add_argument("--variant", required=True, help="registered name, e.g. original+expand1 (python -m bench list)")
+    add_training_flags(p)
+    p = add_command(sub, "ablate", "every single change of a base: trained and evaluated, or only profiled",
+                    "  python -m bench ablate --base original --profile-only\n"
+                    "  python -m bench ablate --base optimized --changes d_state12,expand1 --seeds 0,1", cmd_ablate)
+    p.add_argument("--base", required=True, choices=("original", "optimized"),
+                   help="original (each change added) or optimized (each change taken back)")
+    p.add_argument("--changes", type=names, help="comma-separated subset of the eight changes (default all)")
+    p.add_argument("--profile-only", action="store_true",
+                   help="profile each variant at --batch (default 1) and --crop-seconds (default 1), no training")
+    add_training_flags(p)

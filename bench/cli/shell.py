@@ -1,0 +1,77 @@
+"""The shell of every CLI: parse, run one handler, print its result.
+
+A user mistake is one line on stderr and exit 2; Ctrl-C (or SIGTERM) is one line saying what was
+kept and exit 130 (143); results go to stdout only.
+"""
+
+import argparse
+import importlib.metadata
+import re
+import signal
+import sys
+from collections.abc import Callable
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse with a one-line error (no usage block) and no silent abbreviations of long flags."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str):
+        print(f"error: {one_line(message)} (see {self.prog} --help)", file=sys.stderr)
+        sys.exit(2)
+
+
+def one_line(message: str) -> str:
+    """argparse's message in our form: '--batch 0: expected ...', "--format 'x': expected one of ..."."""
+    checked = re.fullmatch(r"argument (\S+): (.*?): (expected .*)", message)
+    if checked:
+        return f"{checked[1].split('/')[-1]} {checked[2]}: {checked[3]}"
+    choice = re.fullmatch(r"argument (\S+): invalid choice: (.*) \(choose from (.*)\)", message)
+    if choice:
+        return f"{choice[1].split('/')[-1]} {choice[2]}: expected one of {choice[3].replace(chr(39), '')}"
+    return message.removeprefix("argument ")
+
+
+def version_text() -> str:
+    try:
+        return f"mbsbench {importlib.metadata.version('mbsbench')}"
+    except importlib.metadata.PackageNotFoundError:
+        return "mbsbench (not installed)"
+
+
+def make_root(prog: str, description: str) -> tuple[OneLineParser, argparse._SubParsersAction]:
+    """The top-level parser of a CLI, with --version and its subcommand table."""
+    parser = OneLineParser(prog=prog, description=description)
+    parser.add_argument("--version", action="version", version=version_text())
+    return parser, parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+
+def _terminate(signum, _frame) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def run_main(make_parser: Callable[[], argparse.ArgumentParser], argv: list[str] | None = None) -> int:
+    """Parse argv, call args.func(args), print its text; MbsbenchError -> 'error: ...' on stderr, 2."""
+    from bench.console import set_verbosity
+    from variants.errors import MbsbenchError
+
+    args = make_parser().parse_args(argv)
+    set_verbosity(getattr(args, "verbosity", 0))
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        text = args.func(args)
+    except MbsbenchError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt as err:
+        kept = getattr(err, "kept", "")
+        print(f"interrupted{': ' + kept if kept else ''}", file=sys.stderr)
+        return 143 if "signal" in str(err) else 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    if text:
+        print(text)
+    return 0

@@ -1,0 +1,1 @@
+"""Datasets: VoiceBank+DEMAND, paired folders and the embedded synth corpus; open_dataset is the entry point."""

@@ -1,0 +1,143 @@
+"""Peak memory of steps, memory-vs-length curves, the largest batch under a budget; an OOM is a result."""
+
+import gc
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+
+from bench.profiling.instruments import LiveTensorPeak, cuda_peak_bytes
+from bench.profiling.workload import ProfileSettings, make_workload, samples
+from variants.config import ModelConfig
+
+OOM_MARKERS = ("out of memory", "can't allocate memory", "DefaultCPUAllocator")
+CPU_MEMORY_SHARE = 0.7  # a CPU measurement predicted above this share of available RAM is skipped
+
+
+class MemoryExceededError(Exception):
+    """A measurement that did not fit, real (allocator error) or predicted (CPU)."""
+
+
+def is_oom(err: BaseException) -> bool:
+    """True for an allocator's out-of-memory error (CUDA or CPU)."""
+    return isinstance(err, torch.cuda.OutOfMemoryError | MemoryError) or any(m in str(err) for m in OOM_MARKERS)
+
+
+def peak_bytes(run: Callable[[], None], resident: list[Tensor], device: str) -> int:
+    """Peak bytes of one call: CUDA allocator peak, or peak live tensor bytes on CPU (resident counted)."""
+    if torch.device(device).type == "cuda":
+        return cuda_peak_bytes(run, device)
+    with LiveTensorPeak(baseline=resident) as live:
+        run()
+    return live.peak_bytes
+
+
+def available_bytes() -> int:
+    """MemAvailable of this machine (Linux), or a large number elsewhere."""
+    try:
+        with open("/proc/meminfo") as info:
+            line = next(line for line in info if line.startswith("MemAvailable"))
+        return int(line.split()[1]) * 1024
+    except (OSError, StopIteration):
+        return 2**62
+
+
+def release(device: str) -> None:
+    """Give freed memory back between measurements (the CUDA cache too)."""
+    gc.collect()
+    if torch.device(device).type == "cuda":
+        torch.cuda.empty_cache()
+
+
+class MemoryCurve:
+    """Peak bytes of training and inference steps at (batch, seconds) points, with OOMs as results."""
+
+    def __init__(self, model: nn.Module, cfg: ModelConfig, settings: ProfileSettings):
+        self.model, self.cfg, self.settings = model, cfg, settings
+        self.points: list[dict] = []
+
+    def _predict(self, units: int, mode: str) -> None:
+        done = [p for p in self.points if p["mode"] == mode and p["status"] == "ok"]
+        if torch.device(self.settings.device).type == "cuda" or not done:
+            return
+        per_unit = max(p["peak_bytes"] / p["units"] for p in done)
+        predicted, limit = per_unit * units, CPU_MEMORY_SHARE * available_bytes()
+        if predicted > limit:
+            raise MemoryExceededError(f"predicted {predicted / 2**30:.1f} GiB > {limit / 2**30:.1f} GiB of free RAM")
+
+    def measure(self, batch: int, seconds: float, mode: str = "train") -> dict:
+        """Measure (or predict the OOM of) one point; the point is recorded either way."""
+        s = self.settings
+        point = {"mode": mode, "batch": batch, "seconds": seconds, "units": batch * samples(self.cfg, seconds)}
+        try:
+            self._predict(point["units"], mode)
+            work = make_workload(self.model, self.cfg, batch, seconds, s.device, s.dtype)
+            run = work.step(mode)
+            run()  # warm-up; creates the optimizer state, which then counts as resident
+            point |= {"status": "ok", "peak_bytes": peak_bytes(run, work.resident(), s.device),
+                      "fixed_bytes": work.fixed_bytes()}
+        except MemoryExceededError as err:
+            point |= {"status": "oom", "reason": str(err)}
+        except (RuntimeError, MemoryError) as err:
+            if not is_oom(err):
+                raise
+            point |= {"status": "oom", "reason": str(err).splitlines()[0][:200]}
+        finally:
+            work = run = None
+            release(s.device)
+        self.points.append(point)
+        return point
+
+    def find(self, batch: int, seconds: float, mode: str) -> dict | None:
+        return next((p for p in self.points if (p["batch"], p["seconds"], p["mode"]) == (batch, seconds, mode)), None)
+
+
+def max_batch_predicted(curve: MemoryCurve, seconds: float, budget_bytes: float) -> int | None:
+    """Largest training batch under the budget from the measured points at `seconds`.
+
+    Two or more batch sizes: the line through the smallest and largest. One: the line through it and
+    its batch-independent part (parameters, gradients, optimizer state), measured exactly.
+    """
+    ok = sorted((p["batch"], p["peak_bytes"], p["fixed_bytes"]) for p in curve.points
+                if p["mode"] == "train" and p["seconds"] == seconds and p["status"] == "ok")
+    if not ok:
+        return None
+    (b1, p1, f1), (b2, p2, _) = ok[0], ok[-1]
+    if b2 != b1:
+        slope = (p2 - p1) / (b2 - b1)
+        fixed = p1 - slope * b1
+    else:
+        slope, fixed = (p1 - f1) / b1, f1
+    return max(int((budget_bytes - fixed) // slope), 0)
+
+
+def max_batch_cuda(model: nn.Module, cfg: ModelConfig, settings: ProfileSettings, budget_bytes: float) -> int:
+    """Largest training batch that runs under the budget on CUDA: doubling, then bisection on real OOMs."""
+    device = torch.device(settings.device)
+    total = torch.cuda.get_device_properties(device).total_memory
+    torch.cuda.set_per_process_memory_fraction(min(budget_bytes / total, 1.0), device)
+
+    def fits(batch: int) -> bool:
+        try:
+            work = make_workload(model, cfg, batch, settings.seconds, settings.device, settings.dtype)
+            work.train()
+            work.train()
+            return True
+        except (RuntimeError, MemoryError) as err:
+            if not is_oom(err):
+                raise
+            return False
+        finally:
+            work = None
+            release(settings.device)
+
+    try:
+        low, high = 0, 1
+        while high <= 4096 and fits(high):
+            low, high = high, high * 2
+        while high - low > 1:
+            mid = (low + high) // 2
+            low, high = (mid, high) if fits(mid) else (low, mid)
+        return low
+    finally:
+        torch.cuda.set_per_process_memory_fraction(1.0, device)

@@ -1,0 +1,125 @@
+"""`bench profile`: every figure of a variant under stated conditions; profile_variants is the one loop."""
+
+import multiprocessing
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, replace
+
+import torch
+
+from bench.console import status
+from bench.devices import device_name
+from bench.profiling.instruments import MIB
+from bench.profiling.macs import count_macs
+from bench.profiling.memory import MemoryCurve, max_batch_cuda, max_batch_predicted
+from bench.profiling.rss import try_peak_rss
+from bench.profiling.timing import throughput
+from bench.profiling.workload import ProfileSettings, measured_model
+from variants.config import ModelConfig
+from variants.errors import MbsbenchError
+from variants.registry import build_config
+
+COMPARE_VARIANTS = ("original", "optimized", "optimized_a", "bsrnn")
+
+
+def _train_points(settings: ProfileSettings) -> list[tuple[int, float]]:
+    """(batch, seconds) points of the training-memory curve, smallest first."""
+    s = settings
+    points = {(s.batch, s.seconds)} | {(s.batch, length) for length in s.lengths}
+    return sorted(points, key=lambda p: p[0] * p[1])
+
+
+def _memory_figures(model, cfg: ModelConfig, s: ProfileSettings) -> tuple[dict, set[str]]:
+    """Peak memory of training (every curve point) and inference, the largest batch in the budget, and
+    the modes that fitted."""
+    curve = MemoryCurve(model, cfg, s)
+    for batch, seconds in _train_points(s):
+        curve.measure(batch, seconds, "train")
+    infer = curve.measure(s.batch, s.seconds, "infer")
+    train = curve.find(s.batch, s.seconds, "train")
+    out = {"status": "ok" if train["status"] == "ok" else "oom", "reason": train.get("reason", "")}
+    out["peak_mem_train_mib"] = train["peak_bytes"] / MIB if train["status"] == "ok" else None
+    out["peak_mem_infer_mib"] = infer["peak_bytes"] / MIB if infer["status"] == "ok" else None
+    out["memory_curve"] = [{k: v for k, v in p.items() if k != "units"} for p in curve.points]
+    budget = s.budget_gb * 2**30
+    if torch.device(s.device).type == "cuda":
+        out["max_batch_train"], out["max_batch_method"] = max_batch_cuda(model, cfg, s, budget), "measured"
+    else:
+        out["max_batch_train"], out["max_batch_method"] = max_batch_predicted(curve, s.seconds, budget), "predicted"
+    return out, {p["mode"] for p in (train, infer) if p["status"] == "ok"}
+
+
+def profile_variant(name: str, cfg: ModelConfig, settings: ProfileSettings) -> dict:
+    """Every figure of one variant under the stated conditions; OOMs recorded, never raised."""
+    s = settings
+    model = measured_model(cfg, s.device)
+    out: dict = {"variant": name, **asdict(s), "device": device_name(s.device), "threads": torch.get_num_threads()}
+    out["params"] = sum(p.numel() for p in model.parameters())
+    out["params_m"] = out["params"] / 1e6
+    out |= count_macs(model, cfg, s.seconds, s.device)
+    memory, fitted = _memory_figures(model, cfg, s)
+    out |= memory
+    if torch.device(s.device).type == "cpu" and s.rss:
+        for mode in ("train", "infer"):
+            out[f"peak_rss_{mode}_mib"] = try_peak_rss(cfg, s, mode) if mode in fitted else None
+    for mode in ("infer", "train"):
+        if mode in fitted:
+            out |= throughput(model, cfg, s, mode)
+    return out
+
+
+def failure_row(name: str, settings: ProfileSettings, err: Exception) -> dict:
+    """The row of a profile that raised: its reason recorded, so that a sweep goes on."""
+    reason = f"{type(err).__name__}: {str(err).splitlines()[0][:300] if str(err) else ''}"
+    status(f"  {name} failed: {reason}")
+    return {"variant": name, "device": device_name(settings.device), "status": "error", "reason": reason,
+            "memory_curve": []}
+
+
+def profile_variants(configs: dict[str, ModelConfig], settings: ProfileSettings,
+                     record: Callable[[dict, ModelConfig], str] | None = None) -> list[dict]:
+    """profile_variant of each (name, config) in turn, each recorded as it finishes; a failure is a row."""
+    rows = []
+    for index, (name, cfg) in enumerate(configs.items(), 1):
+        status(f"[{index}/{len(configs)}] profiling {name} ...")
+        try:
+            row = profile_variant(name, cfg, settings)
+        except MbsbenchError:
+            raise
+        except Exception as err:  # a failure is a result: recorded with its reason
+            row = failure_row(name, settings, err)
+        if record is not None:
+            row["run_id"] = record(row, cfg)
+        rows.append(row)
+    return rows
+
+
+def compare_scans(names: list[str], scans: list[str], chunks: list[int], settings: ProfileSettings,
+                  overrides: dict | None = None) -> list[dict]:
+    """Step times and training peak memory of each variant with each scan (and chunk size).
+
+    Each row runs in a fresh process: what one model leaves in the allocator (a raised mmap
+    threshold, a fragmented heap) moved the next model's times by up to 50% in one process.
+    """
+    jobs = []
+    for name in names:
+        base = build_config(name, **(overrides or {}))
+        combos = [(base.scan, base.chunk_size)] if base.arch != "mbsnet" else \
+            [(scan, chunk) for scan in scans for chunk in (chunks if scan != "naive" else [base.chunk_size])]
+        jobs += [(name, replace(base, scan=scan, chunk_size=chunk)) for scan, chunk in combos]
+    rows = []
+    for index, (name, cfg) in enumerate(jobs, 1):
+        scan = cfg.scan if cfg.arch == "mbsnet" else "-"
+        status(f"[{index}/{len(jobs)}] {name} scan={scan} chunk={cfg.chunk_size} ...")
+        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+            row = pool.submit(_compare_row, cfg, settings).result()
+        rows.append({"variant": name, "scan": scan, "chunk": cfg.chunk_size} | row)
+    return rows
+
+
+def _compare_row(cfg: ModelConfig, settings: ProfileSettings) -> dict[str, float]:
+    model = measured_model(cfg, settings.device)
+    point = MemoryCurve(model, cfg, settings).measure(settings.batch, settings.seconds, "train")
+    peak = point["peak_bytes"] / MIB if point["status"] == "ok" else None
+    row = throughput(model, cfg, settings, "infer") | throughput(model, cfg, settings, "train")
+    return row | {"peak_mem_train_mib": peak}

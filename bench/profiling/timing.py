@@ -1,0 +1,40 @@
+"""Step times: median and spread of repeats, real-time factor, and where the time of one step goes."""
+
+import torch
+from torch import nn
+
+from bench.profiling.instruments import time_call
+from bench.profiling.workload import ProfileSettings, make_workload
+from variants.config import ModelConfig
+
+
+def throughput(model: nn.Module, cfg: ModelConfig, settings: ProfileSettings, mode: str) -> dict[str, float]:
+    """Median step time, spread, real-time factor and audio seconds per second of one mode."""
+    s = settings
+    work = make_workload(model, cfg, s.batch, s.seconds, s.device, s.dtype)
+    timing = time_call(work.step(mode), s.repeats, s.warmup, s.device)
+    audio = s.batch * s.seconds
+    return {
+        f"{mode}_step_s": timing["median_s"],
+        f"{mode}_step_min_s": timing["min_s"],
+        f"{mode}_step_max_s": timing["max_s"],
+        f"rtf_{mode}": timing["median_s"] / audio,
+        f"{mode}_audio_s_per_s": audio / timing["median_s"],
+    }
+
+
+def top_ops_table(model: nn.Module, cfg: ModelConfig, settings: ProfileSettings, mode: str, rows: int = 15) -> str:
+    """torch.profiler's table of the ops that took the most self time in one step (after a warm-up)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    s = settings
+    run = make_workload(model, cfg, s.batch, s.seconds, s.device, s.dtype).step(mode)
+    run()
+    cuda = torch.device(s.device).type == "cuda"
+    activities = [ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if cuda else [])]
+    with profile(activities=activities) as prof:
+        run()
+        if cuda:
+            torch.cuda.synchronize(s.device)
+    key = "self_cuda_time_total" if cuda else "self_cpu_time_total"
+    return prof.key_averages().table(sort_by=key, row_limit=rows, max_name_column_width=48)

@@ -1,0 +1,1 @@
+"""Speech quality: per-utterance metrics, the composite measures, evaluate (the entry point)."""
