@@ -26,6 +26,11 @@ def status(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
 
+def warn(message: str) -> None:
+    """A warning on stderr: shown even with -q (it says something about the result)."""
+    print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
 def progress(total: int | None, desc: str, unit: str):
     """A tqdm bar on stderr: hidden with -q, and when stderr is not a terminal."""
     from tqdm import tqdm

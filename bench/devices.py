@@ -2,13 +2,13 @@
 
 import platform
 
-import torch
-
 from variants.errors import MbsbenchError
 
 
 def resolve_device(name: str) -> str:
     """'cpu', 'cuda', 'cuda:N' or 'auto' -> a usable device string; a clear error otherwise."""
+    import torch
+
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     try:
@@ -24,6 +24,8 @@ def resolve_device(name: str) -> str:
 
 def device_name(device: str) -> str:
     """Human-readable device: GPU model, or CPU model with the torch thread count."""
+    import torch
+
     if torch.device(device).type == "cuda":
         return torch.cuda.get_device_name(torch.device(device))
     cpu = platform.processor() or platform.machine()

@@ -11,11 +11,11 @@ FORMATS = ("md", "latex")
 
 
 def _store(args: argparse.Namespace):
-    from bench.tracking.store import check_reachable, resolve_uri
+    from bench.tracking.store import client, resolve_uri
     from reports.collect import load_store
 
     uri = resolve_uri(args.tracking_uri)
-    check_reachable(uri)
+    client(uri)
     return load_store(uri)
 
 

@@ -82,11 +82,11 @@ def validation_pesq(cfg: ModelConfig, s: ObjectiveSettings, trial=None) -> float
     settings = TrainSettings(batch=s.train_batch, crop_seconds=s.crop_seconds, steps=s.steps, minutes=s.minutes,
                              seed=s.seed, val_every=max(1, (s.steps or 200) // 4))
     torch.manual_seed(s.seed)
-    folder = Path(s.workdir) / f"trial-{trial.number if trial is not None else 'x'}"
+    folder = Path(s.workdir) / (f"{trial.study.study_name}/trial-{trial.number}" if trial is not None else "trial")
     model = build_model(replace(cfg, scan="auto"))  # same math as the config's scan, more steps per budget
     trainer = Trainer(model, cfg, "study", dataset.split("train"), dataset.split("val"), settings, folder, s.device)
     if trial is not None:
-        trainer.on_validate = lambda step, loss: _report(trial, step, loss)
+        trainer.observers.append(_pruner(trial))
     result = trainer.run()
     if result.status != "ok":
         raise TrialFailedError(f"training {result.status}: {result.reason}")
@@ -97,12 +97,19 @@ def validation_pesq(cfg: ModelConfig, s: ObjectiveSettings, trial=None) -> float
     return float(value)
 
 
-def _report(trial, step: int, loss: float) -> None:
+def _pruner(trial):
+    """A Trainer observer that reports each validation loss to the trial and prunes it when Optuna says so."""
     import optuna
 
-    trial.report(-loss, step)  # higher is better, like PESQ
-    if trial.should_prune():
-        raise optuna.TrialPruned(f"validation loss {loss:.4f} at step {step}")
+    from bench.training.trainer import TrainObserver
+
+    class Pruner(TrainObserver):
+        def validated(self, step: int, loss: float, _lr: float) -> None:
+            trial.report(-loss, step)  # higher is better, like PESQ
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"validation loss {loss:.4f} at step {step}")
+
+    return Pruner()
 
 
 def evaluate_config(objective: str, cfg: ModelConfig, s: ObjectiveSettings, trial=None) -> tuple[float, ...]:

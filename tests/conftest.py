@@ -1,6 +1,7 @@
 """Shared fixtures: deterministic seeds, a small waveform, and a cache folder of the test session's own."""
 
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,6 +16,12 @@ def _cache_folder(tmp_path_factory: pytest.TempPathFactory) -> None:
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True)
+def _own_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # each test runs in a folder of its own: a default store (sqlite:///mlflow.db) or runs/ never lands in the repo
+    monkeypatch.chdir(tmp_path)
 
 
 @pytest.fixture

@@ -39,6 +39,8 @@ def test_no_function_ignores_a_parameter() -> None:
         for node in ast.walk(ast.parse(path.read_text())):
             if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
                 continue
+            if all(isinstance(b, ast.Expr) and isinstance(b.value, ast.Constant) for b in node.body):
+                continue  # an interface's no-op (docstring only): its parameters are the protocol
             used = {n.id for n in ast.walk(node) if isinstance(n, ast.Name)}
             args = node.args.posonlyargs + node.args.args + node.args.kwonlyargs
             unused += [f"{path.name}:{node.lineno} {node.name}({a.arg})" for a in args

@@ -3,6 +3,7 @@
 import itertools
 
 import numpy as np
+import pandas as pd
 import pytest
 from pesq import pesq
 from pystoi import stoi
@@ -112,8 +113,25 @@ def test_unscorable_utterances_are_nan_with_reasons() -> None:
     assert np.isnan(scores["csig"])
     silent = np.zeros(RATE * 2)
     scores = score_pair(silent, silent + 1e-4)
-    assert np.isnan(scores["stoi"]) and "not enough active" in scores["reasons"]
-    assert np.isnan(scores["si_sdr"]) and "silent reference" in scores["reasons"]
+    assert np.isnan(scores["stoi"]) and np.isnan(scores["si_sdr"]) and not scores["failed"]
+    assert scores["reasons"] == "reference is digital silence"  # left out: not the model's failure
+
+
+def test_unscorable_outputs_score_the_worst_value() -> None:
+    """A silent or non-finite output is the model's failure: the worst value of every metric, not NaN."""
+    from bench.tracking.schema import METRICS, WORST
+
+    clean = np.random.default_rng(1).standard_normal(RATE) * 0.1
+    for output, reason in ((np.zeros(RATE), "digital silence"), (np.full(RATE, np.nan), "non-finite")):
+        scores = score_pair(clean, output)
+        assert scores["failed"] and reason in scores["reasons"]
+        assert {m: scores[m] for m in METRICS} == WORST
+    table = pd.DataFrame([score_pair(clean, clean * 0.5), score_pair(clean, np.zeros(RATE)),
+                          score_pair(np.zeros(RATE), clean)])
+    summary = summarize(table).set_index("metric")
+    assert summary.loc["si_sdr", ["n_scored", "n_failed", "n_total"]].tolist() == [2, 1, 3]
+    assert np.isfinite(summary.loc["si_sdr", "mean"])
+    assert summary.loc["pesq_wb", "mean"] == pytest.approx((table.loc[0, "pesq_wb"] + WORST["pesq_wb"]) / 2)
 
 
 def test_si_sdr_of_known_mixture() -> None:

@@ -29,10 +29,10 @@ def tracking_uri(args: argparse.Namespace) -> str | None:
     """The checked tracking URI, or None with --no-track: checked before any work starts."""
     if getattr(args, "no_track", False):
         return None
-    from bench.tracking.store import check_reachable, resolve_uri
+    from bench.tracking.store import client, resolve_uri
 
     uri = resolve_uri(args.tracking_uri)
-    check_reachable(uri)
+    client(uri)  # reachable and usable (schema in place), or a one-line error now
     return uri
 
 
@@ -50,6 +50,7 @@ def profile_table(rows: list[dict], settings) -> str:
 def profile_named(names_: list[str], overrides: dict, settings, uri: str | None, fmt: str) -> str:
     """profile_variants over registered names, recorded to the store when there is one; the rendered rows."""
     from bench.profiling.profile import profile_variants
+    from variants.errors import MbsbenchError
     from variants.registry import build_config
 
     configs = {name: build_config(name, **overrides) for name in names_}
@@ -59,21 +60,32 @@ def profile_named(names_: list[str], overrides: dict, settings, uri: str | None,
 
         record = profile_recorder(uri)
     rows = profile_variants(configs, settings, record)
+    unlogged = [row for row in rows if row.get("run_id") == ""]
+    if unlogged:  # measured but not logged: kept in a file, not lost
+        from bench.tracking.records import keep_unlogged
+
+        path = keep_unlogged(rows, "profile")
+        raise MbsbenchError(f"MLflow logging failed for {len(unlogged)} of {len(rows)} profiles "
+                            f"({unlogged[0]['log_error']}); every row is in {path}")
     return json.dumps(rows, indent=2, default=str) if fmt == "json" else profile_table(rows, settings)
 
 
 def cmd_profile(args: argparse.Namespace) -> str:
     from bench.devices import resolve_device
-    from variants.registry import all_names, parse_overrides
+    from variants.registry import all_names, build_config, parse_overrides
 
-    settings = profile_settings(args, resolve_device(args.device))
     overrides = parse_overrides(args.set)
+    names_ = all_names() if args.all else [args.variant] if args.variant else []
+    for name in names_:
+        build_config(name, **overrides)  # every name and field checked before torch is imported
+    device = resolve_device(args.device)
+    uri = tracking_uri(args) if args.top_ops is None and args.compare is None else None
+    settings = profile_settings(args, device)
     if args.top_ops is not None:
         return _top_ops(args, settings, overrides)
     if args.compare is not None:
         return _compare(args, settings, overrides)
-    return profile_named(all_names() if args.all else [args.variant], overrides, settings, tracking_uri(args),
-                         args.format)
+    return profile_named(names_, overrides, settings, uri, args.format)
 
 
 def _compare(args: argparse.Namespace, settings, overrides: dict) -> str:
@@ -124,10 +136,11 @@ def cmd_scan(args: argparse.Namespace) -> str:
     rows = bench_scans(shapes, bench_scan_names(device, args.scans), args.chunk, args.repeats, device,
                        check=not args.no_check)
     if uri:
-        from bench.tracking.records import record_scan_bench
+        from bench.tracking.records import keep_unlogged, logged_or_kept, record_scan_bench
 
         settings = {k: getattr(args, k) for k in ("batch", "frames", "chunk", "repeats")}
-        record_scan_bench(rows, uri, device_name(device), settings)
+        logged_or_kept(lambda: record_scan_bench(rows, uri, device_name(device), settings),
+                       lambda: keep_unlogged(rows, "scan"))
     if args.format == "json":
         return json.dumps({"device": device_name(device), "chunk_size": args.chunk, "rows": rows}, indent=2)
     columns = ["shape", "scan", "b", "l", "d", "n", "fwd_s", "fwd_bwd_s", "saved_mib", "peak_live_mib"]

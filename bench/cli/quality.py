@@ -58,13 +58,12 @@ def cmd_evaluate(args: argparse.Namespace) -> str:
     folder = Path(args.out or f"runs/evaluate-{label}-{time.strftime('%Y%m%d-%H%M%S')}")
     paths = write_evaluation(result, folder)
     if uri:
-        from bench.tracking.records import record_evaluation
+        from bench.tracking.records import logged_or_kept, record_evaluation
 
-        record_evaluation(uri, result, paths, audio, {
-            "label": label, "data": dataset.spec, "data_fingerprint": dataset.fingerprint, "split": args.split,
-            "pcs": args.pcs, "composite_mode": "compat" if args.composite_compat else "matlab",
-            "device": device_name(device),
-        })
+        info = {"label": label, "data": dataset.spec, "data_fingerprint": dataset.fingerprint, "split": args.split,
+                "pcs": args.pcs, "composite_mode": "compat" if args.composite_compat else "matlab",
+                "device": device_name(device)}
+        logged_or_kept(lambda: record_evaluation(uri, result, paths, audio, info), str(folder))
     if args.format == "json":
         return result.summary.to_json(orient="records", indent=2)
     return format_evaluation(result, label, dataset.spec, args.split, folder)
@@ -79,6 +78,11 @@ def cmd_metrics(args: argparse.Namespace) -> str:
 
     clean, _ = read_audio(Path(args.clean))
     enhanced, _ = read_audio(Path(args.enhanced))
+    if len(clean) != len(enhanced):
+        from bench.console import warn
+
+        warn(f"{args.clean} has {len(clean)} samples and {args.enhanced} {len(enhanced)} (at 16 kHz): both cut to "
+             f"the first {min(len(clean), len(enhanced))}")
     scores = score_pair(clean, enhanced, args.composite_compat)
     if args.format == "json":
         return json.dumps(scores, indent=2)

@@ -24,19 +24,32 @@ SCAN_CHOICES = (*CHOICES["scan"], "keep")
 def run_request(args: argparse.Namespace, variants: list[str], parent_name: str | None = None):
     from pathlib import Path
 
-    from bench.training.experiment import RunRequest
+    from bench.training.request import RunRequest
     from variants.registry import parse_overrides
 
     return RunRequest(tuple(variants), tuple(args.seeds), args.data, parse_overrides(args.set), args.scan,
                       args.epochs, args.steps, args.minutes, args.batch, args.crop_seconds, args.lr, args.phase_loss,
-                      Path(args.out), args.resume, parent_name)
+                      args.val_every, args.checkpoint_every, Path(args.out), args.resume, args.overwrite, parent_name)
 
 
 def run_context(args: argparse.Namespace):
     from bench.devices import resolve_device
-    from bench.training.experiment import RunContext
+    from bench.training.request import RunContext
 
     return RunContext(resolve_device(args.device), tracking_uri(args), args.workers)
+
+
+def train(args: argparse.Namespace, variants: list[str], parent_name: str | None = None):
+    """Check everything (names and fields before torch is even imported), then run the experiment."""
+    from bench.data.datasets import check_spec
+    from bench.training.request import check_request
+
+    request = run_request(args, variants, parent_name)
+    check_request(request, check_spec)
+    context = run_context(args)  # the device, and the tracking store reached and usable
+    from bench.training.experiment import run_experiment
+
+    return run_experiment(request, context)
 
 
 def _render(outcome, fmt: str) -> str:
@@ -50,20 +63,16 @@ def _render(outcome, fmt: str) -> str:
 
 
 def cmd_run(args: argparse.Namespace) -> str:
-    from bench.training.experiment import run_experiment
-
-    return _render(run_experiment(run_request(args, [args.variant]), run_context(args)), args.format)
+    return _render(train(args, [args.variant]), args.format)
 
 
 def cmd_ablate(args: argparse.Namespace) -> str:
-    from bench.training.experiment import run_experiment
     from variants.registry import single_change_names
 
     variants = [args.base, *single_change_names(args.base, list(args.changes) if args.changes else None)]
     if args.profile_only:
         return _ablate_profile(variants, args)
-    outcome = run_experiment(run_request(args, variants, f"ablate {args.base}"), run_context(args))
-    return _render(outcome, args.format)
+    return _render(train(args, variants, f"ablate {args.base}"), args.format)
 
 
 def _ablate_profile(variants: list[str], args: argparse.Namespace) -> str:
@@ -90,6 +99,10 @@ def add_training_flags(p: argparse.ArgumentParser) -> None:
                    help="training crop in seconds (default 2; synth default budget: 1)")
     p.add_argument("--lr", type=above(0), default=1e-3, help="Adam learning rate (default 1e-3)")
     p.add_argument("--phase-loss", action="store_true", help="add the phase term (dual mag/phase decoder only)")
+    p.add_argument("--val-every", type=positive_int, help="steps between validations, and at each epoch's end "
+                                                          "(default 50; synth default budget: 100)")
+    p.add_argument("--checkpoint-every", type=positive_int, help="steps between resumable checkpoints (last.pt; "
+                                                                 "default 50; synth default budget: 100)")
     add_device(p)
     add_set(p)
     p.add_argument("--scan", default="auto", choices=SCAN_CHOICES,
@@ -97,7 +110,9 @@ def add_training_flags(p: argparse.ArgumentParser) -> None:
                         " --set scan=... wins")
     add_workers(p)
     p.add_argument("--out", default="runs", help="folder for checkpoints and CSVs (default runs)")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/VARIANT-seedS/last.pt")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/VARIANT-seedS/last.pt, in the same "
+                                                         "MLflow run")
+    p.add_argument("--overwrite", action="store_true", help="start over a run folder that holds a run already")
     add_tracking(p)
     add_format(p)
 

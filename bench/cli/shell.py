@@ -50,16 +50,20 @@ def make_root(prog: str, description: str) -> tuple[OneLineParser, argparse._Sub
 
 
 def _terminate(signum, _frame) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
+    from bench.interrupts import Interrupted
+
+    raise Interrupted("", signum)
 
 
 def run_main(make_parser: Callable[[], argparse.ArgumentParser], argv: list[str] | None = None) -> int:
     """Parse argv, call args.func(args), print its text; MbsbenchError -> 'error: ...' on stderr, 2."""
     from bench.console import set_verbosity
+    from bench.tracking.store import forget_clients
     from variants.errors import MbsbenchError
 
     args = make_parser().parse_args(argv)
     set_verbosity(getattr(args, "verbosity", 0))
+    forget_clients()
     previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         text = args.func(args)
@@ -69,7 +73,7 @@ def run_main(make_parser: Callable[[], argparse.ArgumentParser], argv: list[str]
     except KeyboardInterrupt as err:
         kept = getattr(err, "kept", "")
         print(f"interrupted{': ' + kept if kept else ''}", file=sys.stderr)
-        return 143 if "signal" in str(err) else 130
+        return 128 + getattr(err, "signum", signal.SIGINT)
     finally:
         signal.signal(signal.SIGTERM, previous)
     if text:

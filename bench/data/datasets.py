@@ -242,6 +242,15 @@ def open_dataset(spec: str, cache: Path | None = None, seed: int = 0) -> Dataset
     raise MbsbenchError(f"unknown data spec {spec!r}; expected {expected}")
 
 
+def check_spec(spec: str) -> None:
+    """A data spec checked without generating anything: the synth settings parsed, folders listed."""
+    kind, _, rest = spec.partition(":")
+    if kind == "synth":
+        synth_settings(rest)
+    else:
+        open_dataset(spec)
+
+
 def check_dataset(dataset: Dataset, splits: list[str] | None = None) -> list[Problem]:
     """Every problem in the dataset (pairing problems first), each file reported once."""
     problems = list(dataset.problems)

@@ -20,6 +20,8 @@ import soxr
 
 from bench.cache import default_cache
 from bench.data.espeak import Espeak
+from bench.interrupts import ignore_interrupts
+from variants.errors import MbsbenchError
 
 SAMPLE_RATE = 16000
 TRAIN_SNRS = (0.0, 5.0, 10.0, 15.0)
@@ -50,6 +52,11 @@ class SynthSettings:
     train: int = 240  # utterances
     val: int = 32
     test: int = 48
+
+    def __post_init__(self) -> None:
+        for name in ("train", "val", "test"):
+            if getattr(self, name) < 1:
+                raise MbsbenchError(f"synth:{name}={getattr(self, name)}: expected an integer >= 1")
 
     def key(self) -> str:
         text = json.dumps(asdict(self) | {"version": 2}, sort_keys=True)
@@ -160,7 +167,7 @@ def speak_all(jobs: list[tuple[Speaker, str]], seed: int) -> list[np.ndarray]:
 def speak_fresh(jobs: list[tuple[Speaker, str]], seed: int) -> list[np.ndarray]:
     """speak_all in a new process: eSpeak NG keeps state between utterances that no call resets, so
     only the same sequence of calls from a fresh library gives the same audio."""
-    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"), initializer=ignore_interrupts) as pool:
         return pool.submit(speak_all, jobs, seed).result()
 
 

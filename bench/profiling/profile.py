@@ -9,6 +9,7 @@ import torch
 
 from bench.console import status
 from bench.devices import device_name
+from bench.interrupts import ignore_interrupts
 from bench.profiling.instruments import MIB
 from bench.profiling.macs import count_macs
 from bench.profiling.memory import MemoryCurve, max_batch_cuda, max_batch_predicted
@@ -111,7 +112,8 @@ def compare_scans(names: list[str], scans: list[str], chunks: list[int], setting
     for index, (name, cfg) in enumerate(jobs, 1):
         scan = cfg.scan if cfg.arch == "mbsnet" else "-"
         status(f"[{index}/{len(jobs)}] {name} scan={scan} chunk={cfg.chunk_size} ...")
-        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
+                                 initializer=ignore_interrupts) as pool:
             row = pool.submit(_compare_row, cfg, settings).result()
         rows.append({"variant": name, "scan": scan, "chunk": cfg.chunk_size} | row)
     return rows

@@ -81,7 +81,7 @@ def evaluate(
     table = meta.merge(table, on="id") if len(table) else meta
     if with_pcs:
         extra = pd.DataFrame(score_many(pcs_items, workers, compat, progress)).set_index("id")
-        table = table.join(extra[list(METRICS)].add_suffix("_pcs"), on="id")
+        table = table.join(extra[[*METRICS, "failed"]].add_suffix("_pcs"), on="id")
     names = list(METRICS) + ([f"{m}_pcs" for m in METRICS] if with_pcs else [])
     per_snr = table.groupby("snr_db")[names].mean().reset_index() if table["snr_db"].notna().any() else pd.DataFrame()
     return Evaluation(table, summarize(table, names), per_snr, skipped, metric_seconds), audio
@@ -107,7 +107,9 @@ def format_evaluation(result: Evaluation, label: str, spec: str, split: str, fol
     text = f"{label} on {spec} [{split}]: {len(result.per_utterance)} utterances scored, "
     text += f"{len(result.skipped)} skipped; metric stage {result.metric_seconds:.1f} s; "
     text += f"per-utterance CSV in {folder}\n"
-    text += format_table(rows, ["metric", "mean", "std", "ci95", "n_scored", "n_total"], ["mean", "std", "ci95"])
+    columns = ["metric", "mean", "std", "ci95", "n_scored", "n_failed", "n_total"]
+    text += format_table(rows, columns, columns[1:])
+    text += "\n(n_scored: utterances in the mean; n_failed: of those, outputs scored at the worst value)"
     if len(result.per_snr):
         cols = [c for c in result.per_snr.columns if not c.endswith("_pcs")]
         text += "\n\nmean per SNR (dB)\n" + format_table(result.per_snr[cols].to_dict("records"), cols, cols)

@@ -1,7 +1,8 @@
 """Per-utterance speech-quality metrics at 16 kHz, full length, and their summaries.
 
 PESQ (wideband, `pesq` package), STOI and ESTOI (`pystoi`), CSIG/CBAK/COVL and segmental SNR
-(bench/composite.py), SI-SDR. A metric that cannot score an utterance gives NaN and a reason.
+(composite.py), SI-SDR. An utterance whose reference cannot be scored gets NaN and a reason and is
+left out; one whose enhanced output cannot be scored is scored at each metric's worst value.
 """
 
 import math
@@ -15,7 +16,7 @@ import pandas as pd
 
 from bench.quality.composite import composite
 from bench.quality.stats import mean_ci
-from bench.tracking.schema import METRICS
+from bench.tracking.schema import METRICS, WORST
 
 RATE = 16000
 
@@ -57,10 +58,31 @@ def si_sdr(clean: np.ndarray, enhanced: np.ndarray) -> tuple[float, str]:
     return float(10 * np.log10(np.dot(target, target) / max(np.dot(residual, residual), 1e-300))), ""
 
 
+def unscorable(clean: np.ndarray, enhanced: np.ndarray) -> tuple[str, str]:
+    """Why a pair cannot be scored: (reference problem, output problem), '' where there is none.
+
+    A silent or non-finite reference leaves the utterance out (NaN, counted); a silent or non-finite
+    enhanced output is the model's failure, scored at each metric's worst value (schema.WORST).
+    """
+    problems = []
+    for side, signal in (("reference", clean), ("enhanced output", enhanced)):
+        if not np.isfinite(signal).all():
+            problems.append(f"{side} has non-finite samples")
+        elif not np.any(signal):
+            problems.append(f"{side} is digital silence")
+        else:
+            problems.append("")
+    return problems[0], problems[1] if not problems[0] else ""
+
+
 def score_pair(clean: np.ndarray, enhanced: np.ndarray, compat: bool = False) -> dict:
-    """Every metric of one utterance, plus 'reasons' (';'-joined) for those that are NaN."""
+    """Every metric of one utterance, 'failed' (the output was unscorable) and 'reasons' for NaN or failure."""
     n = min(len(clean), len(enhanced))
     clean, enhanced = np.asarray(clean[:n], np.float64), np.asarray(enhanced[:n], np.float64)
+    reference, output = unscorable(clean, enhanced)
+    if reference or output:
+        values = {m: math.nan for m in METRICS} if reference else dict(WORST)
+        return values | {"llr": math.nan, "wss": math.nan, "failed": bool(output), "reasons": reference or output}
     out, reasons = {}, []
     for name, (value, reason) in (
         ("pesq_wb", pesq_wb(clean, enhanced)),
@@ -77,8 +99,7 @@ def score_pair(clean: np.ndarray, enhanced: np.ndarray, compat: bool = False) ->
     if math.isnan(parts["ssnr"]):
         reasons.append("ssnr: shorter than one 30 ms frame")
     out |= {k: parts[k] for k in ("csig", "cbak", "covl", "ssnr")} | {"llr": parts["llr"], "wss": parts["wss"]}
-    out["reasons"] = "; ".join(reasons)
-    return out
+    return out | {"failed": False, "reasons": "; ".join(reasons)}
 
 
 def _score_item(item: tuple) -> dict:
@@ -87,9 +108,13 @@ def _score_item(item: tuple) -> dict:
 
 
 def _single_threaded() -> None:
-    """Each metric process uses one core: BLAS threads on these small arrays only oversubscribe the machine."""
+    """Each metric process uses one core (BLAS threads on these small arrays only oversubscribe the machine)
+    and leaves Ctrl-C to the parent, which stops the pool and reports once."""
     from threadpoolctl import threadpool_limits
 
+    from bench.interrupts import ignore_interrupts
+
+    ignore_interrupts()
     threadpool_limits(1)
 
 
@@ -125,7 +150,10 @@ def _pool_context():
 
 
 def summarize(table: pd.DataFrame, metrics: Iterable[str] = METRICS) -> pd.DataFrame:
-    """Per metric: mean, std, 95% CI half-width (Student t), n scored and n total."""
+    """Per metric: mean, std, 95% CI half-width (Student t), n scored, n failed (at the worst value), n total.
+
+    'name_pcs' columns count failures from 'failed_pcs'; NaN (an unscorable reference) is left out.
+    """
     rows = []
     for name in metrics:
         if name not in table:
@@ -133,5 +161,8 @@ def summarize(table: pd.DataFrame, metrics: Iterable[str] = METRICS) -> pd.DataF
         values = table[name].astype(float)
         mean, half, n = mean_ci(values)
         std = float(values.dropna().std(ddof=1)) if n > 1 else math.nan
-        rows.append({"metric": name, "mean": mean, "std": std, "ci95": half, "n_scored": n, "n_total": len(values)})
+        flag = "failed_pcs" if name.endswith("_pcs") else "failed"
+        failed = int((table[flag].astype(bool) & values.notna()).sum()) if flag in table else 0
+        rows.append({"metric": name, "mean": mean, "std": std, "ci95": half, "n_scored": n, "n_failed": failed,
+                     "n_total": len(values)})
     return pd.DataFrame(rows)

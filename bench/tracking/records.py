@@ -13,13 +13,15 @@ MIB = 2**20
 
 
 def summary_means(evaluation, prefix: str = "") -> dict[str, float]:
-    """{prefix + metric: mean, ..._ci95: half-width, ..._n: n scored} of an Evaluation's summary (or {})."""
+    """{prefix + metric: mean, ..._ci95: half-width, ..._n: n scored, ..._n_failed: of those, outputs scored
+    at the worst value} of an Evaluation's summary (or {})."""
     if evaluation is None:
         return {}
     out = {}
     for row in evaluation.summary.to_dict("records"):
         name = prefix + row["metric"]
-        out |= {name: row["mean"], f"{name}_ci95": row["ci95"], f"{name}_n": row["n_scored"]}
+        out |= {name: row["mean"], f"{name}_ci95": row["ci95"], f"{name}_n": row["n_scored"],
+                f"{name}_n_failed": row["n_failed"]}
     return out
 
 
@@ -45,13 +47,44 @@ def record_profile(result: dict, config: dict, uri: str, table_text: str = "") -
 
 
 def profile_recorder(uri: str):
-    """A callback for profile_variants: record_profile of each row, with its parameter table."""
+    """A callback for profile_variants: record_profile of each row, with its parameter table.
+
+    A store that fails mid-sweep does not stop the sweep: the row gets run_id '' and its 'log_error'.
+    """
     from bench.profiling.params import param_table_text
 
     def record(row: dict, cfg) -> str:
-        return record_profile(row, cfg.to_dict(), uri, param_table_text(row["variant"], cfg))
+        try:
+            return record_profile(row, cfg.to_dict(), uri, param_table_text(row["variant"], cfg))
+        except mlflow_errors() as err:
+            row["log_error"] = f"{type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}"
+            return ""
 
     return record
+
+
+def logged_or_kept(action, keep):
+    """action() (a record_* call); when the store fails, keep() saves the results (or `keep` names where
+    they already are) and a one-line error says where."""
+    from variants.errors import MbsbenchError
+
+    try:
+        return action()
+    except mlflow_errors() as err:
+        where = keep() if callable(keep) else keep
+        raise MbsbenchError(f"MLflow logging failed ({type(err).__name__}: {str(err).splitlines()[0][:160]}); "
+                            f"the results are kept in {where}") from None
+
+
+def keep_unlogged(rows: list[dict], task: str) -> Path:
+    """Rows the store did not take, as JSON in ./unlogged/ (the working folder); the file's path."""
+    import time
+
+    folder = Path("unlogged")
+    folder.mkdir(exist_ok=True)
+    path = folder / f"{task}-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    path.write_text(json.dumps(rows, indent=2, default=str))
+    return path
 
 
 def record_scan_bench(rows: list[dict], uri: str, device: str, settings: dict) -> str:
@@ -92,31 +125,120 @@ def log_wavs(run: Run, audio: list, folder_name: str = "enhanced") -> None:
         run.log_folder(Path(folder), folder_name)
 
 
-def record_run(uri: str, info: dict, params: dict, figures: dict, train, paths: dict, audio: list,
-               parent: str | None = None) -> str:
-    """Log one trained (variant, seed): params, figures, loss curves, CSVs, best checkpoint, a few wavs."""
-    tags = provenance_tags(info["device"]) | {"task": "run", "variant": info["variant"], "seed": str(info["seed"]),
-                                              "data_fingerprint": info["data_fingerprint"],
-                                              "status": info["status"], "reason": info["reason"][:500]}
-    with start_run(uri, EXPERIMENTS["run"], f"run {info['variant']} seed {info['seed']}", tags, parent) as run:
-        run.log_params(params)
-        run.log_metrics(_finite(figures))
-        for step, loss in train.train_curve[:: max(1, len(train.train_curve) // 1000)]:
-            run.log_metrics({"train_loss": loss}, step=step)
-        for step, loss in train.val_curve:
-            run.log_metrics({"val_loss": loss}, step=step)
-        for path in paths.values():
-            run.log_file(path)
-        if train.best_path is not None and Path(train.best_path).is_file():
-            run.log_file(train.best_path, "checkpoint")
-        log_wavs(run, audio)
-        return run.run_id
+class RunRecord:
+    """The MLflow run of one (variant, seed) training, there from the first step to the end.
+
+    It observes the Trainer (step, validated, checkpointed): losses are buffered and written at each
+    validation and checkpoint, so a killed run keeps its curves up to its last checkpoint. A tracking
+    error while training does not stop the training: it is remembered, the buffer kept, and finish()
+    reports it after the results were written to the run folder.
+    """
+
+    def __init__(self, run: Run):
+        self.run, self.pending, self.error = run, [], ""
+
+    @property
+    def run_id(self) -> str:
+        return self.run.run_id
+
+    @classmethod
+    def start(cls, uri: str, name: str, tags: dict, params: dict, parent: str | None = None) -> "RunRecord":
+        """A new run of experiment 'run' with its config and conditions logged before the first step."""
+        from bench.tracking.store import create_run
+
+        record = cls(create_run(uri, EXPERIMENTS["run"], name, tags, parent))
+        record.run.log_params(params)
+        return record
+
+    @classmethod
+    def resume(cls, uri: str, run_id: str, tags: dict) -> "RunRecord":
+        """The run a checkpoint names, RUNNING again (a resumed training continues the same run)."""
+        from bench.tracking.store import client
+        from variants.errors import MbsbenchError
+
+        tracking = client(uri)
+        try:
+            tracking.get_run(run_id)
+        except mlflow_errors() as err:
+            raise MbsbenchError(f"--resume: the checkpoint's MLflow run {run_id} is not in {uri} "
+                                f"({type(err).__name__}); resume with the --tracking-uri it was logged to, or "
+                                "--no-track") from None
+        record = cls(Run(tracking, run_id))
+        record.run.reopen()
+        record.run.set_tags(tags)
+        return record
+
+    def _safely(self, action) -> None:
+        try:
+            action()
+        except mlflow_errors() as err:
+            if not self.error:
+                from bench.console import status
+
+                status(f"warning: MLflow logging failed ({type(err).__name__}: {str(err)[:120]}); "
+                       "training goes on, the results will be kept in the run folder")
+            self.error = f"{type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}"
+
+    def flush(self) -> None:
+        pending, self.pending = self.pending, []
+        if pending:
+            self._safely(lambda: self.run.log_points("train_loss", pending))
+            if self.error:
+                self.pending = pending + self.pending
+
+    def step(self, step: int, loss: float) -> None:
+        self.pending.append((step, loss))
+
+    def validated(self, step: int, loss: float, lr: float) -> None:
+        self.flush()
+        self._safely(lambda: self.run.log_metrics({"val_loss": loss, "lr": lr}, step=step))
+
+    def checkpointed(self, step: int) -> None:
+        self.flush()
+        self._safely(lambda: self.run.set_tags({"last_checkpoint_step": str(step)}))
+
+    def finish(self, figures: dict, tags: dict, files: list[Path], checkpoint: Path | None, audio: list) -> None:
+        """Log the figures, tags and artifacts, then end the run FINISHED (FAILED with a reason for a NaN)."""
+        self.flush()
+
+        def log() -> None:
+            self.run.log_metrics(_finite(figures))
+            self.run.set_tags(tags)
+            for path in files:
+                self.run.log_file(path)
+            if checkpoint is not None and checkpoint.is_file():
+                self.run.log_file(checkpoint, "checkpoint")
+            log_wavs(self.run, audio)
+            failed = tags.get("status", "ok") != "ok"
+            self.run.end("FAILED" if failed else "FINISHED", tags.get("reason", "") if failed else "")
+
+        self._safely(log)
+
+    def end(self, status: str, reason: str = "") -> None:
+        """End the run early: KILLED (interrupt) or FAILED (an error), with what was logged so far."""
+        self.flush()
+        self._safely(lambda: self.run.end(status, reason))
+
+
+def mlflow_errors() -> tuple[type[BaseException], ...]:
+    """What a failing tracking store raises: MLflow's errors, and OSError (connections, files)."""
+    from bench.tracking.store import mlflow_module
+
+    return (mlflow_module().exceptions.MlflowException, OSError)
 
 
 @contextmanager
-def parent_run(uri: str, name: str, tags: Mapping[str, str]) -> Iterator[str]:
-    """The parent run of an ablation (experiment 'run'), whose id children pass as `parent`."""
-    with start_run(uri, EXPERIMENTS["run"], name, tags) as run:
+def parent_run(uri: str, name: str, tags: Mapping[str, str], run_id: str | None = None) -> Iterator[str]:
+    """The parent run of an ablation (experiment 'run'), whose id children pass as `parent`; `run_id` reopens
+    the parent of a resumed ablation."""
+    from bench.tracking.store import client, create_run, ended
+
+    if run_id is None:
+        run = create_run(uri, EXPERIMENTS["run"], name, tags)
+    else:
+        run = Run(client(uri), run_id)
+        run.reopen()
+    with ended(run):
         yield run.run_id
 
 

@@ -5,6 +5,7 @@ Pure constants: importing this module imports nothing else.
 """
 
 # task -> MLflow experiment; the only place these literals appear
+EXPERIMENT_PREFIX = "mbsbench-"
 EXPERIMENTS: dict[str, str] = {
     "profile": "mbsbench-profile",
     "run": "mbsbench-run",

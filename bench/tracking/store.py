@@ -52,19 +52,51 @@ def _sqlite_path(uri: str) -> Path | None:
 
 
 def check_reachable(uri: str, timeout: float = 5.0) -> None:
-    """Raise a one-line error when the tracking URI cannot be used."""
-    if uri.startswith(("http://", "https://")):
+    """Raise a one-line error when the tracking URI cannot be used (checked before any work starts)."""
+    scheme = uri.split("://", 1)[0] if "://" in uri else ""
+    if scheme in ("http", "https"):
         try:
             urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout).close()
         except (urllib.error.URLError, OSError, ValueError) as err:
             reason = getattr(err, "reason", err)
             message = f"tracking URI {uri} is unreachable ({reason}); start the server or use --no-track"
             raise MbsbenchError(message) from None
-        return
-    path = _sqlite_path(uri)
-    folder = path.parent if path is not None else Path(uri.removeprefix("file://")).parent
-    if not folder.resolve().is_dir() or not os.access(folder.resolve(), os.W_OK):
-        raise MbsbenchError(f"tracking URI {uri}: folder {folder} does not exist or is not writable")
+    elif scheme == "sqlite":
+        path = _sqlite_path(uri)
+        folder = (path or Path(uri)).parent
+        if path is None or not folder.resolve().is_dir() or not os.access(folder.resolve(), os.W_OK):
+            raise MbsbenchError(f"tracking URI {uri}: folder {folder} does not exist or is not writable "
+                                "(expected sqlite:///FILE)")
+    elif scheme.split("+")[0] in DATABASE_SCHEMES:
+        check_database(uri, timeout)
+    elif scheme in ("", "file"):
+        folder = uri.removeprefix("file://").rstrip("/") or "mlflow"
+        raise MbsbenchError(f"tracking URI {uri!r} is a folder: MLflow's file store is not supported here; use "
+                            f"sqlite:///{folder}.db, a database or a server")
+    else:
+        raise MbsbenchError(f"tracking URI {uri!r}: unknown scheme {scheme!r}; expected sqlite:///FILE, "
+                            "postgresql://..., mysql://... or http(s)://SERVER")
+
+
+DATABASE_SCHEMES = ("postgresql", "mysql", "mssql")
+
+
+def check_database(uri: str, timeout: float) -> None:
+    """Connect to a database tracking store once, so that a wrong host or password fails before the work."""
+    import sqlalchemy
+
+    try:
+        engine = sqlalchemy.create_engine(uri, connect_args=_connect_timeout(uri, timeout))
+        with engine.connect():
+            pass
+        engine.dispose()
+    except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError) as err:
+        first = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
+        raise MbsbenchError(f"tracking URI {uri}: unreachable ({first}); use --no-track to skip logging") from None
+
+
+def _connect_timeout(uri: str, timeout: float) -> dict:
+    return {"connect_timeout": int(timeout)} if uri.startswith(("postgresql", "mysql")) else {}
 
 
 @contextmanager
@@ -82,23 +114,48 @@ def _creation_lock(uri: str) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
+_CLIENTS: dict[tuple[int, str], object] = {}
+
+
+def forget_clients() -> None:
+    """A new command opens its stores afresh (and looks for orphaned runs again), also in one process."""
+    _CLIENTS.clear()
+
+
 def client(uri: str):
-    """An MlflowClient for the URI, creating (once, under a lock) the sqlite store if needed."""
-    mlflow = mlflow_module()
+    """The MlflowClient of a URI (one per process): the store checked, its schema created once under a lock,
+    and runs left RUNNING by dead processes of this host marked KILLED."""
+    key = (os.getpid(), uri)
+    if key in _CLIENTS:
+        return _CLIENTS[key]
     check_reachable(uri)
+    mlflow = mlflow_module()
     with _creation_lock(uri):
         tracking = mlflow.tracking.MlflowClient(tracking_uri=uri)
-        tracking.search_experiments(max_results=1)  # creates the schema on first use
+        try:
+            tracking.search_experiments(max_results=1)  # creates the schema on first use
+        except (mlflow.exceptions.MlflowException, OSError) as err:
+            raise MbsbenchError(f"tracking URI {uri}: not usable ({str(err).splitlines()[0][:160]})") from None
+    _CLIENTS[key] = tracking
+    from bench.tracking.liveness import mark_orphans
+
+    mark_orphans(tracking)
     return tracking
 
 
 def experiment_id(tracking, name: str) -> str:
-    """Id of the named experiment, created if missing (race-safe)."""
+    """Id of the named experiment, created if missing (race-safe).
+
+    A sqlite store keeps its artifacts beside the database file (FOLDER/mlruns), not in whatever folder
+    the command runs from, so that the store is one folder that moves as a whole.
+    """
     found = tracking.get_experiment_by_name(name)
     if found is not None:
         return found.experiment_id
+    path = _sqlite_path(tracking.tracking_uri)
+    location = (path.resolve().parent / "mlruns").as_uri() if path is not None else None
     try:
-        return tracking.create_experiment(name)
+        return tracking.create_experiment(name, artifact_location=location)
     except mlflow_module().exceptions.MlflowException:  # another process created it between the two calls
         return tracking.get_experiment_by_name(name).experiment_id
 
@@ -158,8 +215,18 @@ class Run:
             self.tracking.log_batch(self.run_id, metrics=items[start : start + 500])
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
-        for key, value in tags.items():
-            self.tracking.set_tag(self.run_id, key, str(value))
+        from mlflow.entities import RunTag
+
+        self.tracking.log_batch(self.run_id, tags=[RunTag(k, str(v)[:5000]) for k, v in tags.items()])
+
+    def log_points(self, name: str, points: list[tuple[int, float]]) -> None:
+        """Many (step, value) of one metric in as few requests as MLflow allows."""
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [Metric(name, float(v), now, step) for step, v in points]
+        for start in range(0, len(items), 1000):
+            self.tracking.log_batch(self.run_id, metrics=items[start : start + 1000])
 
     def log_text(self, text: str, name: str) -> None:
         with tempfile.TemporaryDirectory() as folder:
@@ -173,23 +240,57 @@ class Run:
     def log_folder(self, path: Path, folder: str | None = None) -> None:
         self.tracking.log_artifacts(self.run_id, str(path), folder)
 
+    def end(self, status: str, reason: str = "") -> None:
+        """Terminate the run; a FAILED or KILLED one keeps its reason as the tag 'end_reason'."""
+        if reason:
+            self.tracking.set_tag(self.run_id, "end_reason", reason[:500])
+        self.tracking.set_terminated(self.run_id, status)
 
-@contextmanager
-def start_run(
-    uri: str, experiment: str, run_name: str, tags: Mapping[str, str] | None = None, parent: str | None = None,
-) -> Iterator[Run]:
-    """A run that ends FINISHED, or FAILED (and re-raises) when the block raises."""
+    def reopen(self) -> None:
+        """Set a terminated run RUNNING again, owned by this process (a resumed training)."""
+        from bench.tracking.liveness import owner_tags
+
+        self.set_tags(owner_tags())
+        self.tracking.update_run(self.run_id, status="RUNNING")
+
+
+def create_run(uri: str, experiment: str, run_name: str, tags: Mapping[str, str] | None = None,
+               parent: str | None = None) -> Run:
+    """A new RUNNING run owned by this process (see liveness.py)."""
+    from bench.tracking.liveness import owner_tags
+
     tracking = client(uri)
-    all_tags = dict(tags or {}) | {"mlflow.runName": run_name}
+    all_tags = dict(tags or {}) | owner_tags() | {"mlflow.runName": run_name}
     if parent:
         all_tags["mlflow.parentRunId"] = parent
     run = tracking.create_run(experiment_id(tracking, experiment), tags=all_tags, run_name=run_name)
+    return Run(tracking, run.info.run_id)
+
+
+def end_status(err: BaseException | None) -> tuple[str, str]:
+    """MLflow's end status for how a block ended, and the reason: KILLED for an interrupt, FAILED for an error."""
+    if err is None:
+        return "FINISHED", ""
+    if isinstance(err, KeyboardInterrupt):
+        return "KILLED", "interrupted (SIGINT or SIGTERM)"
+    return "FAILED", f"{type(err).__name__}: {str(err).splitlines()[0][:400] if str(err) else ''}"
+
+
+@contextmanager
+def ended(run: Run) -> Iterator[Run]:
+    """The run, ended FINISHED after the block, or KILLED (interrupt) / FAILED with the reason (and re-raised)."""
     try:
-        yield Run(tracking, run.info.run_id)
-    except BaseException:
-        tracking.set_terminated(run.info.run_id, "FAILED")
+        yield run
+    except BaseException as err:
+        run.end(*end_status(err))
         raise
-    tracking.set_terminated(run.info.run_id, "FINISHED")
+    run.end("FINISHED")
+
+
+def start_run(uri: str, experiment: str, run_name: str, tags: Mapping[str, str] | None = None,
+              parent: str | None = None):
+    """A new run for a with-block that ends it (see ended)."""
+    return ended(create_run(uri, experiment, run_name, tags, parent))
 
 
 def search_runs(uri: str, experiment: str):

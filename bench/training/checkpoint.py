@@ -17,19 +17,33 @@ def save_checkpoint(path: Path, model: nn.Module, cfg: ModelConfig, variant: str
     temp.replace(path)
 
 
-def load_checkpoint(path: Path, cfg: ModelConfig, variant: str, model: nn.Module) -> dict:
-    """Load weights into model; a checkpoint of another config is an error naming the differences."""
+def read_checkpoint(path: Path, map_location: str = "cpu") -> dict:
+    """The saved dict of an mbsbench checkpoint; a one-line error for a missing, truncated or foreign file."""
     if not Path(path).is_file():
         raise MbsbenchError(f"checkpoint {path}: no such file")
     try:
-        data = torch.load(path, map_location="cpu", weights_only=False)
-        saved = data["config"]
-    except Exception as err:  # torch raises many types for a file that is not a checkpoint
-        raise MbsbenchError(f"checkpoint {path}: not an mbsbench checkpoint ({type(err).__name__})") from None
+        data = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as err:  # torch raises many types for a file that is not a checkpoint (EOF, pickle, zip)
+        raise MbsbenchError(f"checkpoint {path}: not a readable mbsbench checkpoint ({type(err).__name__}); "
+                            "it may be truncated: delete it to start over") from None
+    if not isinstance(data, dict) or not {"variant", "config", "state_dict"} <= set(data):
+        raise MbsbenchError(f"checkpoint {path}: not an mbsbench checkpoint (no variant, config and weights)")
+    return data
+
+
+def check_same_model(data: dict, path: Path, cfg: ModelConfig, variant: str) -> None:
+    """A checkpoint of another config is an error naming the fields that differ."""
     ours = cfg.to_dict()
+    saved = data["config"]
     differ = [k for k in ours if k not in EXECUTION_FIELDS and saved.get(k) != ours[k]]
     if differ:
         fields = ", ".join(f"{k}={saved.get(k)!r} (here {ours[k]!r})" for k in differ[:4])
         raise MbsbenchError(f"checkpoint {path} was trained as {data.get('variant')!r}, not {variant!r}: {fields}")
+
+
+def load_checkpoint(path: Path, cfg: ModelConfig, variant: str, model: nn.Module) -> dict:
+    """Load weights into model; a checkpoint of another config is an error naming the differences."""
+    data = read_checkpoint(path)
+    check_same_model(data, path, cfg, variant)
     model.load_state_dict(data["state_dict"])
     return data

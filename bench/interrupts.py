@@ -1,0 +1,61 @@
+"""Ctrl-C and SIGTERM during long work: finish the current step, keep what was done, then stop.
+
+The first signal asks the loop to stop at its next safe point (a training step's end); a second one
+interrupts at once. Whatever stops carries `kept`: the one line the CLI prints about what was saved.
+"""
+
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+
+class Interrupted(KeyboardInterrupt):
+    """The work was stopped by a signal; `kept` says what was saved, `signum` which signal it was."""
+
+    def __init__(self, kept: str = "", signum: int = signal.SIGINT):
+        super().__init__(kept)
+        self.kept, self.signum = kept, signum
+
+
+class StopRequest:
+    """Set by the first SIGINT or SIGTERM inside stop_requests()."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+
+    @property
+    def requested(self) -> bool:
+        return self.signum is not None
+
+
+@contextmanager
+def stop_requests() -> Iterator[StopRequest]:
+    """Within the block, the first SIGINT/SIGTERM sets the request; the second raises Interrupted at once."""
+    stop = StopRequest()
+    if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
+        yield stop
+        return
+
+    def handle(signum, _frame) -> None:
+        if stop.requested:
+            raise Interrupted("", signum)
+        stop.signum = signum
+
+    previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield stop
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def add_kept(err: KeyboardInterrupt, kept: str) -> None:
+    """Append to what an interrupt reports as kept (a KeyboardInterrupt from elsewhere gets the attribute)."""
+    before = getattr(err, "kept", "")
+    err.kept = f"{before}; {kept}" if before else kept
+
+
+def ignore_interrupts() -> None:
+    """In a worker process: Ctrl-C reaches the whole process group, but only the parent should act on it."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)

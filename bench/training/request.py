@@ -1,0 +1,155 @@
+"""What to train and where, and every check made before the first step (no torch needed for any of it).
+
+A bad variant, field, budget, dataset, output folder or tracking store is a one-line error here,
+seconds before anything is trained, never after.
+"""
+
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from variants.config import ModelConfig
+from variants.errors import MbsbenchError
+from variants.registry import build_config
+
+# on the embedded corpus, bench run trains this long unless told otherwise (fits 10 min here)
+SYNTH_BUDGET = {"minutes": 5.0, "batch": 4, "crop_seconds": 1.0, "val_every": 100, "checkpoint_every": 100}
+RECIPE_DEFAULTS = {"batch": 6, "crop_seconds": 2.0}  # the reference recipe (MODELS.md)
+BUDGET = ("epochs", "steps", "minutes")
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """Budget and recipe; at least one of epochs, steps, minutes bounds the run (steps win, then epochs)."""
+
+    batch: int = 6
+    crop_seconds: float = 2.0
+    lr: float = 1e-3
+    lr_step_epochs: int = 10
+    lr_gamma: float = 0.98
+    clip_norm: float = 5.0
+    epochs: int | None = None
+    steps: int | None = None
+    minutes: float | None = None  # of training, counted over every resumed segment
+    val_every: int = 50  # steps between validations (and at every epoch end)
+    checkpoint_every: int = 50  # steps between resumable checkpoints
+    phase_loss: bool = False  # 0.3 RI + 0.3 magnitude + 0.4 wrapped phase, dual decoder only
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        checks = [("batch", self.batch >= 1, "an integer >= 1"),
+                  ("crop_seconds", self.crop_seconds > 0.032, "more than one STFT frame (0.032 s)"),
+                  ("lr", self.lr > 0 and math.isfinite(self.lr), "a positive number"),
+                  ("epochs", self.epochs is None or self.epochs >= 1, "an integer >= 1"),
+                  ("steps", self.steps is None or self.steps >= 1, "an integer >= 1"),
+                  ("minutes", self.minutes is None or self.minutes > 0, "a positive number"),
+                  ("val_every", self.val_every >= 1, "an integer >= 1"),
+                  ("checkpoint_every", self.checkpoint_every >= 1, "an integer >= 1"),
+                  ("seed", self.seed >= 0, "an integer >= 0")]
+        for name, ok, expected in checks:
+            if not ok:
+                raise MbsbenchError(f"training {name}={getattr(self, name)!r}: expected {expected}")
+        if self.epochs is None and self.steps is None and self.minutes is None:
+            raise MbsbenchError("training needs a budget: --epochs, --steps or --minutes")
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    """What to train: variants x seeds on a dataset, with the budget and recipe, and where to write."""
+
+    variants: tuple[str, ...]
+    seeds: tuple[int, ...] = (0,)
+    data: str = "synth"
+    overrides: dict = field(default_factory=dict)  # ModelConfig fields (--set)
+    scan: str = "auto"  # the scan to train with; 'keep': each variant's own; overrides['scan'] wins
+    epochs: int | None = None
+    steps: int | None = None
+    minutes: float | None = None
+    batch: int | None = None
+    crop_seconds: float | None = None
+    lr: float = 1e-3
+    phase_loss: bool = False
+    val_every: int | None = None  # steps between validations (default 50; synth default budget: 100)
+    checkpoint_every: int | None = None  # steps between resumable checkpoints (same defaults)
+    out: Path = Path("runs")
+    resume: bool = False
+    overwrite: bool = False  # start a run folder that holds a run over again
+    parent_name: str | None = None  # an ablation: one parent run over the (variant, seed) runs
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """Where the work runs: device, tracking store (None: not tracked), metric processes (0: one per core)."""
+
+    device: str = "cpu"
+    tracking_uri: str | None = None
+    workers: int = 0
+
+
+def train_settings(request: RunRequest, spec: str, seed: int) -> TrainSettings:
+    """Budget from the request; on the synth corpus with no budget given, the SYNTH_BUDGET default."""
+    given = {k: getattr(request, k) for k in BUDGET if getattr(request, k) is not None}
+    defaults = SYNTH_BUDGET if spec.startswith("synth") and not given else RECIPE_DEFAULTS
+    if not given and defaults is RECIPE_DEFAULTS:
+        raise MbsbenchError("give a training budget for this dataset: --epochs N, --steps N or --minutes M")
+    chosen = {k: getattr(request, k) for k in ("batch", "crop_seconds", "val_every", "checkpoint_every")
+              if getattr(request, k) is not None}
+    recipe = RECIPE_DEFAULTS | {k: v for k, v in defaults.items() if k not in BUDGET} | chosen
+    budget = given or {k: v for k, v in defaults.items() if k in BUDGET}
+    return TrainSettings(**recipe, lr=request.lr, seed=seed, phase_loss=request.phase_loss, **budget)
+
+
+def resolve_configs(request: RunRequest) -> dict[str, ModelConfig]:
+    """Each variant's config with the overrides and the training scan."""
+    overrides = dict(request.overrides)
+    if request.scan != "keep":  # same math as each variant's own scan, only faster: the budget buys more steps
+        overrides.setdefault("scan", request.scan)
+    return {name: build_config(name, **overrides) for name in request.variants}
+
+
+def run_folder(request: RunRequest, variant: str, seed: int) -> Path:
+    return Path(request.out) / f"{variant}-seed{seed}"
+
+
+def check_outputs(request: RunRequest) -> None:
+    """--out writable; no run folder silently overwritten; --resume only where there is a run to resume."""
+    out = Path(request.out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".write-test-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as err:
+        raise MbsbenchError(f"--out {out}: not writable ({err.strerror or type(err).__name__})") from None
+    for variant in request.variants:
+        for seed in request.seeds:
+            folder = run_folder(request, variant, seed)
+            holds = [name for name in ("last.pt", "best.pt") if (folder / name).exists()]
+            if request.resume and "last.pt" not in holds:
+                raise MbsbenchError(f"--resume: nothing to resume in {folder} (no last.pt)")
+            if holds and not request.resume and not request.overwrite:
+                raise MbsbenchError(f"{folder} holds a run already ({', '.join(holds)}): --resume continues it, "
+                                    "--overwrite starts it over, or choose another --out")
+
+
+def check_request(request: RunRequest, spec_check) -> dict[str, ModelConfig]:
+    """The checks that need neither torch nor the tracking store: names, fields, data, budget, outputs."""
+    if request.resume and request.overwrite:
+        raise MbsbenchError("--resume and --overwrite contradict each other: choose one")
+    configs = resolve_configs(request)
+    spec_check(request.data)
+    for seed in request.seeds:
+        train_settings(request, request.data, seed)
+    check_outputs(request)
+    return configs
+
+
+def preflight(request: RunRequest, context: RunContext, spec_check) -> dict[str, ModelConfig]:
+    """Every check of a request before its first step (check_request, then the store); the configs to train."""
+    configs = check_request(request, spec_check)
+    if context.tracking_uri:
+        from bench.tracking.store import client
+
+        client(context.tracking_uri)  # reachable and usable, its schema in place
+    return configs
