@@ -5,6 +5,7 @@ interrupts at once. Whatever stops carries `kept`: the one line the CLI prints a
 """
 
 import signal
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -59,3 +60,27 @@ def add_kept(err: KeyboardInterrupt, kept: str) -> None:
 def ignore_interrupts() -> None:
     """In a worker process: Ctrl-C reaches the whole process group, but only the parent should act on it."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def interrupt_once() -> StopRequest:
+    """For a worker process: the first SIGINT/SIGTERM raises Interrupted and sets the returned request; later
+    ones are ignored (they must not break the cleanup). An interrupt that lands in a finalizer, where Python
+    can only print it, is not printed: the request stays set and the worker stops at its next safe point."""
+    stop = StopRequest()
+
+    def handle(signum, _frame) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)
+        stop.signum = signum
+        raise Interrupted("", signum)
+
+    previous_hook = sys.unraisablehook
+
+    def hook(unraisable) -> None:
+        if not isinstance(unraisable.exc_value, KeyboardInterrupt):
+            previous_hook(unraisable)
+
+    sys.unraisablehook = hook
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, handle)
+    return stop

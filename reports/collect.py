@@ -1,6 +1,6 @@
 """What MLflow holds, as tidy pandas frames: profiles, trained runs, studies and their trials."""
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
@@ -22,6 +22,22 @@ class Store:
     runs: pd.DataFrame
     trials: pd.DataFrame
     studies: pd.DataFrame
+    device: str = ""  # the device the profiles and runs were kept for ('' : all)
+
+    def devices(self) -> list[str]:
+        """The devices the profiles were measured on, oldest profile first."""
+        if self.profiles.empty or "tags.device" not in self.profiles:
+            return []
+        return list(dict.fromkeys(self.profiles.sort_values("start_time")["tags.device"]))
+
+    def on(self, device: str) -> "Store":
+        """Only the profiles and runs of devices whose name contains `device` (the studies stay)."""
+        def keep(frame: pd.DataFrame) -> pd.DataFrame:
+            if frame.empty or "tags.device" not in frame:
+                return frame
+            return frame[frame["tags.device"].fillna("").str.contains(device, regex=False)].copy()
+
+        return replace(self, profiles=keep(self.profiles), runs=keep(self.runs), device=device)
 
 
 def _finished(frame: pd.DataFrame, task: str | None = None) -> pd.DataFrame:

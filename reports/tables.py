@@ -2,7 +2,7 @@
 
 import math
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pandas as pd
 
@@ -234,8 +234,31 @@ def study_table(store: Store) -> Table | None:
                  "python -m studies search ... && python -m reports tables")
 
 
-def all_tables(store: Store) -> list[Table]:
+def device_tables(store: Store) -> list[Table]:
+    """The tables whose numbers depend on the device (the store holds one)."""
     tables = [main_table(store)]
     tables += [t for t in (ablation_table(store, "original"), ablation_table(store, "optimized")) if t]
-    tables += [claims_table(store), literature_table()]
+    return [*tables, claims_table(store)]
+
+
+def all_tables(store: Store, device: str = "") -> list[Table]:
+    """Every table; profiles of several devices are never mixed: one set of tables per device, each caption
+    naming it (`device` keeps only the devices whose name contains it)."""
+    if device:
+        everything, store = store, store.on(device)
+        if store.profiles.empty and store.runs.empty:
+            from variants.errors import MbsbenchError
+
+            raise MbsbenchError(f"--device {device!r}: no profile or run in {store.uri} was measured on such a "
+                                f"device; devices there: {', '.join(everything.devices()) or 'none'}")
+    devices = store.devices()
+    if len(devices) <= 1:
+        tables = device_tables(store)
+    else:
+        tables = []
+        for index, name in enumerate(devices, 1):
+            for table in device_tables(store.on(name)):
+                tables.append(replace(table, name=f"{table.name}_device{index}",
+                                      caption=f"[{name}] {table.caption}"))
+    tables.append(literature_table())
     return tables + [t for t in (study_table(store),) if t]

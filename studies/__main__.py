@@ -1,97 +1,165 @@
-"""python -m studies: search (add trials to a study) and show (best trials, Pareto front, importances)."""
+"""python -m studies: create (queue once), work (run trials, anywhere), search (both, here), show."""
 
 import argparse
 import sys
 
-from bench.cli.common import above, add_command, add_device, add_tracking, non_negative_int, positive_int
+from bench.cli.common import (
+    above,
+    add_command,
+    add_device,
+    add_tracking,
+    at_least,
+    non_negative_int,
+    positive_int,
+)
 from bench.cli.shell import make_root, run_main
-from studies.objectives import OBJECTIVES
-from studies.runner import DEFAULT_STORAGE
+from studies.objectives import SEARCH_OBJECTIVES
+from studies.spec import SAMPLERS
+from studies.storage import DEFAULT_STORAGE
 
 
-def _choices(items: list[str]) -> dict[str, tuple]:
-    """--choices d_state=8,16 -> {'d_state': (8, 16)} with the knob's type."""
-    from variants.registry import parse_value
-
+def _values(items: list[str], flag: str) -> dict[str, list[str]]:
     out = {}
     for item in items:
-        name, _, values = item.partition("=")
-        out[name] = tuple(parse_value(name, v) for v in values.split(",") if v.strip())
+        name, sep, values = item.partition("=")
+        if not sep:
+            from variants.errors import MbsbenchError
+
+            raise MbsbenchError(f"{flag} {item!r}: expected KNOB={'A,B' if flag == '--choices' else 'LOW:HIGH'}")
+        out[name.strip()] = [v.strip() for v in values.replace(":", ",").split(",") if v.strip()]
     return out
 
 
-def cmd_search(args: argparse.Namespace) -> str:
+def _typed(items: list[str], flag: str) -> dict[str, tuple]:
+    """--choices d_state=8,16 / --range d_state=4:32 -> {'d_state': (8, 16)} with the knob's type."""
+    from variants.registry import parse_value
+
+    return {name: tuple(parse_value(name, v) for v in values) for name, values in _values(items, flag).items()}
+
+
+def storage_settings(args: argparse.Namespace):
+    from studies.storage import StorageSettings
+
+    return StorageSettings(args.storage, args.heartbeat, args.grace, args.retries)
+
+
+def study_spec(args: argparse.Namespace):
+    """The spec a create or search command describes, checked against ModelConfig before anything is made."""
+    from dataclasses import replace
+
     from bench.cli.measure import tracking_uri
-    from bench.devices import resolve_device
     from studies.objectives import ObjectiveSettings
-    from studies.runner import StudySpec, run_study
-    from studies.space import parse_space
+    from studies.space import check_space, parse_space
+    from studies.spec import StudySpec, default_sampler
     from variants.registry import build_config
 
-    build_config(args.base)
-    knobs = tuple(parse_space(args.space, _choices(args.choices)))
-    uri = tracking_uri(args)
-    settings = ObjectiveSettings(device=resolve_device(args.device), batch=args.batch, seconds=args.seconds,
-                                 data=args.data, steps=args.steps, minutes=args.minutes, seed=args.seed)
+    base = build_config(args.base)
+    ranges = {name: values for name, values in _typed(args.range, "--range").items()}
+    knobs = tuple(parse_space(args.space, _typed(args.choices, "--choices"), ranges))
+    check_space(base, list(knobs))
+    settings = ObjectiveSettings(device="auto", batch=args.batch, seconds=args.seconds, data=args.data,
+                                 steps=args.steps, minutes=args.minutes, seed=args.seed)
     name = args.study_name or f"{args.base}-{args.objective}-{'-'.join(k.name for k in knobs)}"
-    spec = StudySpec(name, args.storage, args.base, args.objective, knobs, settings, uri)
-    counts = run_study(spec, args.trials, args.workers)
-    return f"study {name!r}: {counts['added']} trials added, {counts['total']} in all\n" + show(spec)
+    spec = StudySpec(name, args.objective, "search", args.base, knobs, settings,
+                     args.sampler or default_sampler(knobs), args.trials, None)
+    return replace(spec, tracking_uri=tracking_uri(args))
 
 
-def show(spec) -> str:
+def cmd_create(args: argparse.Namespace) -> str:
+    from studies.queue import create_study
+
+    spec = study_spec(args)
+    created = create_study(spec, storage_settings(args))
+    what = f"{created.queued} points queued ({created.before} before)" if spec.sampler == "grid" else \
+        f"sampler {spec.sampler}, a budget of {spec.trials} trials"
+    return f"study {spec.name!r} in {args.storage}: {what}\nstart workers: python -m studies work {spec.name} " \
+           f"--storage {args.storage}"
+
+
+def cmd_work(args: argparse.Namespace) -> str:
+    from pathlib import Path
+
+    from bench.devices import resolve_device
+    from studies.worker import work
+
+    tracking = None
+    if args.tracking_uri:
+        from bench.cli.measure import tracking_uri
+
+        tracking = tracking_uri(args)
+    from bench.interrupts import interrupt_once
+
+    report = work(args.name, storage_settings(args), resolve_device(args.device), args.max_trials, Path(args.out),
+                  tracking, metric_workers=args.workers, stop=interrupt_once())
+    counts = ", ".join(f"{state.lower()} {len(numbers)}" for state, numbers in sorted(report.states.items()))
+    return f"study {args.name!r}: this worker ran {report.ran} trials ({counts or 'none left'})"
+
+
+def cmd_search(args: argparse.Namespace) -> str:
+    from pathlib import Path
+
+    from bench.devices import resolve_device
+    from studies.runner import search
+
+    spec = study_spec(args)
+    result = search(spec, storage_settings(args), args.workers, resolve_device(args.device), Path(args.out))
+    states = ", ".join(f"{k.lower()} {v}" for k, v in sorted(result.states.items()))
+    head = f"study {spec.name!r}: {result.created.queued} points queued now" if spec.sampler == "grid" else \
+        f"study {spec.name!r}: sampler {spec.sampler}"
+    return f"{head}; trials: {states}\n" + show(spec.name, storage_settings(args))
+
+
+def show(name: str, storage) -> str:
     """Trials by state, the best trials (the Pareto front when multi-objective), importances."""
     from bench.text import format_table
-    from studies.runner import open_study, study_importances
+    from studies.queue import load_study
+    from studies.runner import _reasons, _states, study_importances
 
-    study = open_study(spec, create=False)
-    states: dict[str, int] = {}
-    for trial in study.trials:
-        states[trial.state.name] = states.get(trial.state.name, 0) + 1
-    metrics = OBJECTIVES[study.user_attrs.get("objective", spec.objective)][0]
-    best = [{"trial": t.number, **t.params, **dict(zip(metrics, t.values))} for t in study.best_trials]
-    text = f"trials: {', '.join(f'{k.lower()} {v}' for k, v in sorted(states.items()))}\n"
-    failed = [t for t in study.trials if t.state.name == "FAIL"]
-    text += "".join(f"  trial {t.number} failed: {t.user_attrs.get('fail_reason', 'error')}\n" for t in failed[:10])
-    label = "Pareto front" if len(metrics) > 1 else "best trial"
+    study, spec = load_study(storage, name)
+    text = f"trials: {', '.join(f'{k.lower()} {v}' for k, v in sorted(_states(study).items()))}\n"
+    text += "".join(f"  {line}\n" for line in _reasons(study)[:10])
+    best = [{"trial": t.number, **t.params, **dict(zip(spec.metrics, t.values))} for t in study.best_trials] \
+        if any(t.state.name == "COMPLETE" for t in study.trials) else []
     if best:
+        label = "Pareto front" if len(spec.metrics) > 1 else "best trial"
         text += f"{label}:\n" + format_table(best, list(best[0]), list(best[0])[1:]) + "\n"
-    importances = study_importances(study)
+    importances = study_importances(study) if spec.kind == "search" else {}
     if importances:
         text += "importances: " + ", ".join(f"{k} {v:.2f}" for k, v in importances.items()) + "\n"
     return text
 
 
 def cmd_show(args: argparse.Namespace) -> str:
-    from studies.objectives import ObjectiveSettings
-    from studies.runner import StudySpec
-
-    return show(StudySpec(args.name, args.storage, "", "memory", (), ObjectiveSettings()))
+    return show(args.name, storage_settings(args))
 
 
 def add_storage(p: argparse.ArgumentParser) -> None:
     p.add_argument("--storage", default=DEFAULT_STORAGE,
                    help=f"Optuna storage: a journal file (default {DEFAULT_STORAGE}), sqlite:///FILE or "
-                        "postgresql://...")
+                        "postgresql://USER@HOST/DB (several machines)")
+    p.add_argument("--heartbeat", type=positive_int, default=30, help="RDB storages: seconds between a running "
+                                                                      "trial's heartbeats (default 30)")
+    p.add_argument("--grace", type=positive_int, default=120, help="RDB storages: seconds without a heartbeat "
+                                                                   "before a trial is failed and retried (default 120)")
+    p.add_argument("--retries", type=non_negative_int, default=1, help="how often a crashed or interrupted trial "
+                                                                       "is queued again (default 1)")
 
 
-def make_parser() -> argparse.ArgumentParser:
-    parser, sub = make_root("python -m studies", "Optuna studies over ModelConfig knobs")
-    p = add_command(sub, "search", "add trials to a study (created on first use, resumed after)",
-                    "  python -m studies search --space d_state,chunk_size --objective memory --trials 8 --workers 2\n"
-                    "  python -m studies search --space d_state,expand --objective pesq --trials 20 --steps 300",
-                    cmd_search)
+def add_space(p: argparse.ArgumentParser) -> None:
+    """The study's description: knobs, objective, sampler and the conditions of its figures."""
     p.add_argument("--space", required=True, help="comma-separated knobs, e.g. d_state,chunk_size")
     p.add_argument("--choices", action="append", default=[], metavar="KNOB=A,B",
                    help="replace a knob's values, e.g. --choices d_state=8,16 (repeatable)")
+    p.add_argument("--range", action="append", default=[], metavar="KNOB=LOW:HIGH",
+                   help="make a knob a range, e.g. --range d_state=4:32 (repeatable; the sampler is then tpe)")
     p.add_argument("--base", default="optimized", help="variant the knobs change (default optimized)")
-    p.add_argument("--objective", default="memory", choices=tuple(OBJECTIVES), help="what the study optimises "
-                                                                                  "(default memory)")
-    p.add_argument("--trials", type=positive_int, default=20, help="trials to add (default 20)")
-    p.add_argument("--workers", type=positive_int, default=1, help="worker processes on this machine (default 1)")
-    add_storage(p)
+    p.add_argument("--objective", default="memory", choices=SEARCH_OBJECTIVES,
+                   help="what the study optimises (default memory)")
+    p.add_argument("--sampler", choices=SAMPLERS, help="grid: each point once; tpe: proposals from the declared "
+                                                       "ranges (default: grid when every knob is discrete)")
+    p.add_argument("--trials", type=positive_int, help="grid: queue at most this many untried points; tpe: the "
+                                                       "study's budget of trials")
     p.add_argument("--study-name", help="default BASE-OBJECTIVE-KNOBS")
-    add_device(p)
     p.add_argument("--batch", type=positive_int, default=1, help="profile objectives: batch (default 1)")
     p.add_argument("--seconds", type=above(0.032, " s (one STFT frame)"), default=1.0,
                    help="profile objectives: seconds of audio (default 1)")
@@ -100,7 +168,34 @@ def make_parser() -> argparse.ArgumentParser:
                                                                    "(default 200)")
     p.add_argument("--minutes", type=above(0), help="pesq/multi objectives: budget in minutes")
     p.add_argument("--seed", type=non_negative_int, default=0, help="sampler and training seed (default 0)")
+    add_storage(p)
     add_tracking(p)
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser, sub = make_root("python -m studies", "Optuna studies over ModelConfig knobs, on one or many machines")
+    p = add_command(sub, "create", "create a study and queue its points once (safe to run twice, from anywhere)",
+                    "  python -m studies create --space d_state,chunk_size --objective memory --storage "
+                    "postgresql://lab@db/studies --study-name mem", cmd_create)
+    add_space(p)
+    p = add_command(sub, "work", "run a study's trials on this machine until its queue or budget is done",
+                    "  python -m studies work mem --storage postgresql://lab@db/studies --device cuda:0", cmd_work)
+    p.add_argument("name", help="study name")
+    add_storage(p)
+    add_device(p)
+    p.add_argument("--max-trials", type=positive_int, help="stop after this many trials (default: until done)")
+    p.add_argument("--out", default="runs", help="ablation studies: folder for run folders (default runs)")
+    p.add_argument("--workers", type=at_least(0), default=0, help="ablation studies: metric processes (default 0:"
+                                                                  " one per core)")
+    p.add_argument("--tracking-uri", help="MLflow store for this worker's runs (default: the study's own)")
+    p = add_command(sub, "search", "create (or extend) a study and run it with local worker processes",
+                    "  python -m studies search --space d_state,chunk_size --objective memory --trials 8 --workers 2\n"
+                    "  python -m studies search --space d_state,expand --objective pesq --trials 20 --steps 300",
+                    cmd_search)
+    add_space(p)
+    p.add_argument("--workers", type=positive_int, default=1, help="worker processes on this machine (default 1)")
+    add_device(p)
+    p.add_argument("--out", default="runs", help="folder for run folders (default runs)")
     p = add_command(sub, "show", "best trials, Pareto front, importances",
                     "  python -m studies show optimized-memory-d_state-chunk_size", cmd_show)
     p.add_argument("name", help="study name")

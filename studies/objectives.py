@@ -19,7 +19,11 @@ OBJECTIVES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "params": (("params",), ("minimize",)),
     "pesq": (("val_pesq_wb",), ("maximize",)),
     "multi": (("val_pesq_wb", "peak_mem_train_mib"), ("maximize", "minimize")),
+    # ablation studies: each trial one (variant, seed) through bench's run or profile path
+    "ablation": (("pesq_wb",), ("maximize",)),
+    "ablation_profile": (("peak_mem_train_mib",), ("minimize",)),
 }
+SEARCH_OBJECTIVES = tuple(name for name in OBJECTIVES if not name.startswith("ablation"))
 
 
 class TrialFailedError(Exception):

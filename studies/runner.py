@@ -1,179 +1,126 @@
-"""Studies on Optuna storage: create or resume, enqueue untried grid points, run K worker processes."""
+"""`studies search`: create (or extend) a study and drain it with K worker processes on this machine.
+
+The workers are `studies work` in child processes: they die with their parent (kill the parent and
+the workers go too), and a worker that dies on its own has its trial failed and queued again here.
+"""
 
 import json
-import math
 import multiprocessing
-import random
-from dataclasses import asdict, dataclass
+import os
+import signal
+import socket
+from dataclasses import dataclass
 from pathlib import Path
 
-from bench.console import verbosity
-from studies.objectives import OBJECTIVES, ObjectiveSettings, TrialFailedError, evaluate_config
-from studies.space import Knob, check_values, grid
-from variants.config import ModelConfig
-from variants.errors import MbsbenchError
-from variants.registry import build_config
-
-DEFAULT_STORAGE = "studies.log"  # an Optuna journal file in the working directory
+from bench.console import status, verbosity
+from studies.queue import Created, create_study, load_study
+from studies.spec import StudySpec
+from studies.storage import StorageSettings, requeue
+from studies.worker import INTERRUPTED, work
 
 
 @dataclass(frozen=True)
-class StudySpec:
-    """Everything a worker needs to rebuild the study and its objective."""
+class SearchResult:
+    """What a search did: the creation, and the study's trials by state afterwards."""
 
-    name: str
-    storage: str
-    base: str
-    objective: str
-    knobs: tuple[Knob, ...]
-    settings: ObjectiveSettings
-    tracking_uri: str | None = None
+    created: Created
+    states: dict[str, int]
+    reasons: list[str]
 
 
-def make_storage(url: str | None):
-    """A journal file (default, or any path), or an RDB URL (sqlite:///, postgresql://, mysql://)."""
-    import optuna
-    from optuna.storages.journal import JournalFileBackend, JournalStorage
+def _worker_main(name: str, storage: StorageSettings, device: str, out: str, index: int, level: int) -> None:
+    """A spawned worker: dies with its parent, stops on the first signal, reports nothing on stdout."""
+    from bench.interrupts import interrupt_once
 
-    url = url or DEFAULT_STORAGE
-    if "://" not in url:
-        folder = Path(url).expanduser().resolve().parent
-        if not folder.is_dir():
-            raise MbsbenchError(f"--storage {url}: folder {folder} does not exist")
-        return JournalStorage(JournalFileBackend(str(Path(url).expanduser())))
+    stop = interrupt_once()
     try:
-        return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
-    except Exception as err:  # sqlalchemy raises many kinds for a bad or unreachable URL
-        message = f"--storage {url}: unreachable ({type(err).__name__}: {str(err).splitlines()[0][:120]})"
-        raise MbsbenchError(message) from None
+        import optuna
+
+        from bench.console import library_log_level, set_verbosity
+        from studies.worker import die_with_parent
+
+        set_verbosity(level)
+        optuna.logging.set_verbosity(library_log_level())
+        die_with_parent()
+        work(name, storage, device, out=Path(out), index=index, stop=stop)
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None
 
 
-def open_study(spec: StudySpec, create: bool = True):
-    """Load (or create) the study; a study of another objective under the same name is an error."""
+def search(spec: StudySpec, storage: StorageSettings, workers: int, device: str,
+           out: Path = Path("runs")) -> SearchResult:
+    """Create the study (queueing its grid points) and run its trials with `workers` local processes."""
     import optuna
 
-    storage = make_storage(spec.storage)
-    directions = list(OBJECTIVES[spec.objective][1])
-    if not create:
-        try:
-            return optuna.load_study(study_name=spec.name, storage=storage)
-        except KeyError:
-            names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
-            raise MbsbenchError(f"no study {spec.name!r} in {spec.storage}; studies there: {names or 'none'}") from None
-    study = optuna.create_study(study_name=spec.name, storage=storage, directions=directions, load_if_exists=True,
-                                sampler=optuna.samplers.TPESampler(seed=spec.settings.seed))
-    known = study.user_attrs.get("objective")
-    if known and known != spec.objective:
-        raise MbsbenchError(f"study {spec.name!r} optimises {known!r}, not {spec.objective!r}; pick another name")
-    study.set_user_attr("objective", spec.objective)
-    study.set_user_attr("base", spec.base)
-    return study
-
-
-def tried(study) -> list[dict]:
-    """Parameters of every trial so far, whatever its state."""
-    return [dict(t.params) or dict(t.system_attrs.get("fixed_params", {})) for t in study.get_trials(deepcopy=False)]
-
-
-def enqueue_untried(study, knobs: tuple[Knob, ...], count: int, seed: int) -> int:
-    """Queue up to `count` grid points never tried in this study (discrete spaces): no trial repeats."""
-    seen = tried(study)
-    fresh = [point for point in grid(list(knobs)) if point not in seen]
-    random.Random(f"{seed}-{len(seen)}").shuffle(fresh)
-    for point in fresh[:count]:
-        study.enqueue_trial(point)
-    return min(count, len(fresh))
-
-
-def objective_for(spec: StudySpec, parent_run: str | None):
-    """The Optuna objective: suggest, build the config, measure, log a child run; failures recorded."""
-    base = build_config(spec.base)
-
-    def objective(trial):
-        params = {knob.name: knob.suggest(trial) for knob in spec.knobs}
-        cfg: ModelConfig = check_values(base, params)
-        try:
-            values = evaluate_config(spec.objective, cfg, spec.settings, trial)
-        except TrialFailedError as err:
-            trial.set_user_attr("fail_reason", str(err)[:500])
-            _log_trial(spec, parent_run, trial.number, cfg, params, None, str(err))
-            return tuple(math.nan for _ in OBJECTIVES[spec.objective][0])
-        _log_trial(spec, parent_run, trial.number, cfg, params, values, "")
-        return values if len(values) > 1 else values[0]
-
-    return objective
-
-
-def _log_trial(spec, parent, number, cfg, params, values, reason) -> None:
-    if not (spec.tracking_uri and parent):
-        return
-    from bench.devices import device_name
-    from bench.tracking.records import record_trial
-    from bench.tracking.store import provenance_tags
-
-    metrics = dict(zip(OBJECTIVES[spec.objective][0], values)) if values else None
-    record_trial(spec.tracking_uri, spec.name, parent, number,
-                 cfg.to_dict() | {f"knob_{k}": v for k, v in params.items()}, metrics,
-                 provenance_tags(device_name(spec.settings.device)), reason)
-
-
-def _worker(spec: StudySpec, trials: int, parent_run: str | None, verbosity: int = 0) -> None:
-    import optuna
-
-    from bench.console import library_log_level, set_verbosity
-
-    set_verbosity(verbosity)
-    optuna.logging.set_verbosity(library_log_level())
-    study = open_study(spec)
-    study.optimize(objective_for(spec, parent_run), n_trials=trials, catch=(MemoryError, RuntimeError))
-
-
-def run_study(spec: StudySpec, trials: int, workers: int = 1) -> dict:
-    """Add `trials` trials to the study with `workers` processes on the same storage; returns counts."""
-    if trials < 1 or workers < 1:
-        raise MbsbenchError(f"--trials {trials} / --workers {workers}: expected positive integers")
-    study = open_study(spec)
-    before = len(study.trials)
-    if all(knob.discrete for knob in spec.knobs):
-        trials = enqueue_untried(study, spec.knobs, trials, spec.settings.seed)
-        if trials == 0:
-            raise MbsbenchError(f"study {spec.name!r} has tried every point of this space ({before} trials)")
-    parent = _parent_run(spec, study)
-    shares = [trials // workers + (i < trials % workers) for i in range(workers)]
+    optuna.logging.set_verbosity(_optuna_level())
+    created = create_study(spec, storage)
     if workers == 1:
-        _worker(spec, trials, parent, verbosity())
+        work(spec.name, storage, device, out=out, index=0)
     else:
-        context = multiprocessing.get_context("spawn")
-        processes = [context.Process(target=_worker, args=(spec, n, parent, verbosity())) for n in shares if n]
-        for process in processes:
-            process.start()
+        _run_processes(spec.name, storage, device, out, workers)
+    study, _ = load_study(storage, spec.name)
+    record_importances(spec, study)
+    return SearchResult(created, _states(study), _reasons(study))
+
+
+def _optuna_level() -> int:
+    from bench.console import library_log_level
+
+    return library_log_level()
+
+
+def _run_processes(name: str, storage: StorageSettings, device: str, out: Path, workers: int) -> None:
+    context = multiprocessing.get_context("spawn")
+    processes = [context.Process(target=_worker_main, args=(name, storage, device, str(out), index, verbosity()))
+                 for index in range(workers)]
+    for process in processes:
+        process.start()
+    try:
         for process in processes:
             process.join()
-    study = open_study(spec, create=False)
-    record_importances(spec, study)
-    return {"before": before, "added": len(study.trials) - before, "total": len(study.trials)}
+    except KeyboardInterrupt as err:
+        for process in processes:  # a Ctrl-C in a terminal reached them too: let them end their trials
+            process.join(5)
+        for process in processes:  # a signal to us alone did not: pass it on
+            if process.is_alive():
+                os.kill(process.pid, signal.SIGTERM)
+        for process in processes:
+            process.join(60)
+        from bench.interrupts import add_kept
+
+        add_kept(err, f"the workers' trials in flight were marked {INTERRUPTED} and queued again")
+        raise
+    for process in processes:
+        if process.exitcode is not None and process.exitcode < 0:  # killed by a signal: its trial is ours now
+            requeue_dead(name, storage, process.pid, -process.exitcode)
 
 
-def _parent_run(spec: StudySpec, study) -> str | None:
-    """The study's MLflow run (created once, its id kept in the study's attributes)."""
-    if not spec.tracking_uri:
-        return None
-    known = study.user_attrs.get("mlflow_run_id")
-    if known:
-        return known
-    from bench.devices import device_name
-    from bench.tracking.records import record_study
-    from bench.tracking.store import provenance_tags
+def requeue_dead(name: str, storage: StorageSettings, pid: int, signum: int) -> None:
+    """Fail the trial a dead local worker left RUNNING (with the reason) and queue it again."""
+    from optuna.trial import TrialState
 
-    metrics, directions = OBJECTIVES[spec.objective]
-    tags = provenance_tags(device_name(spec.settings.device)) | {
-        "objective": spec.objective, "objective_metrics": ",".join(metrics),
-        "objective_directions": ",".join(directions)}
-    params = {"base": spec.base, "objective": spec.objective, "space": ",".join(k.name for k in spec.knobs)}
-    run_id = record_study(spec.tracking_uri, spec.name, params | {f"setting_{k}": v for k, v in
-                                                                  asdict(spec.settings).items()}, tags)
-    study.set_user_attr("mlflow_run_id", run_id)
-    return run_id
+    study, _ = load_study(storage, name)
+    owner = f"{socket.gethostname()}:{pid}"
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if trial.user_attrs.get("worker") == owner:
+            reason = f"its worker (pid {pid}) died of signal {signum}"
+            # the trial is another process's: set its reason through the storage, then tell it by number
+            study._storage.set_trial_user_attr(trial._trial_id, "fail_reason", reason)
+            study.tell(trial.number, state=TrialState.FAIL)
+            requeue(study, study._storage.get_trial(trial._trial_id), storage)
+            status(f"note: trial {trial.number}: {reason}; queued again")
+
+
+def _states(study) -> dict[str, int]:
+    states: dict[str, int] = {}
+    for trial in study.trials:
+        states[trial.state.name] = states.get(trial.state.name, 0) + 1
+    return states
+
+
+def _reasons(study) -> list[str]:
+    return [f"trial {t.number} failed: {t.user_attrs.get('fail_reason', 'no heartbeat: its worker died')}"
+            for t in study.trials if t.state.name == "FAIL"]
 
 
 def study_importances(study) -> dict[str, float]:
@@ -189,7 +136,7 @@ def study_importances(study) -> dict[str, float]:
 def record_importances(spec: StudySpec, study) -> None:
     """Log the study's importances to its MLflow run, where reports read them."""
     run_id = study.user_attrs.get("mlflow_run_id")
-    importances = study_importances(study)
+    importances = study_importances(study) if spec.kind == "search" else {}
     if spec.tracking_uri and run_id and importances:
         from bench.tracking.records import record_study_importances
 

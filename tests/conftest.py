@@ -28,3 +28,13 @@ def _own_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 def half_second() -> torch.Tensor:
     """0.5 s of noise at 16 kHz, batch 1."""
     return torch.randn(1, 8000) * 0.1
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A PostgreSQL server for the session; `postgres.database()` gives each test its own database."""
+    from servers import PostgresServer
+
+    server = PostgresServer()
+    yield server
+    server.stop()

@@ -114,7 +114,7 @@ FAKE_MEMORY = {4: 50.0, 8: 20.0, 12: 30.0, 16: 10.0, 24: 40.0, 32: 60.0}  # the 
 @pytest.fixture(scope="module")
 def studies_uri(tmp_path_factory: pytest.TempPathFactory) -> str:
     """Three studies in one store: params (minimize, measured), pesq (maximize) and multi (faked figures)."""
-    from studies import runner
+    from studies import trials as runner
     from studies.__main__ import main as studies
 
     folder = tmp_path_factory.mktemp("studies")
@@ -174,3 +174,25 @@ def test_per_utterance_errors_are_not_swallowed(store_uri: str, monkeypatch: pyt
     monkeypatch.setattr(store_module, "download_artifact", broken)
     with pytest.raises(RuntimeError, match="store went away"):
         ablation_table(store, "optimized")
+
+
+def test_profiles_of_two_machines_are_never_mixed(tmp_path: Path) -> None:
+    """Rows carry their device: one set of device tables per device, or --device to pick one."""
+    from bench.tracking.store import client
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    for variant in ("optimized", "bsrnn"):
+        assert bench(["profile", "--variant", variant, *TINY, "--batch", "1", "--seconds", "0.1", "--repeats", "1",
+                      "--no-rss", "--tracking-uri", uri, "--device", "cpu", "-q"]) == 0
+    runs = search_runs(uri, "mbsbench-profile")
+    gpu = runs[runs["tags.variant"] == "bsrnn"]["run_id"].iloc[0]
+    client(uri).set_tag(gpu, "device", "NVIDIA H200")  # as if profiled on the lab's GPU box
+    tables = {t.name: t for t in all_tables(load_store(uri))}
+    cpu, h200 = tables["main_device1"], tables["main_device2"]
+    assert [r[0] for r in cpu.rows] == ["optimized"] and [r[0] for r in h200.rows] == ["bsrnn"]
+    assert cpu.caption.startswith("[CPU") and h200.caption.startswith("[NVIDIA H200]")
+    only = {t.name: t for t in all_tables(load_store(uri), "H200")}
+    assert [r[0] for r in only["main"].rows] == ["bsrnn"]
+    proc = subprocess.run([sys.executable, "-m", "reports", "tables", "--tracking-uri", uri, "--device", "TPU"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "devices there: " in proc.stderr and "NVIDIA H200" in proc.stderr

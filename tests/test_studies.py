@@ -8,10 +8,11 @@ from pathlib import Path
 import optuna
 import pytest
 
-from studies import runner
+from studies import trials as runner
 from studies.__main__ import main
 from studies.objectives import TrialFailedError
 from studies.space import KNOBS, Knob, parse_space
+from studies.storage import make_storage
 from variants.errors import MbsbenchError
 
 SEARCH = ["search", "--space", "d_state,chunk_size", "--objective", "memory", "--seconds", "0.1",
@@ -19,7 +20,7 @@ SEARCH = ["search", "--space", "d_state,chunk_size", "--objective", "memory", "-
 
 
 def trials_of(storage: Path) -> list[optuna.trial.FrozenTrial]:
-    backend = runner.make_storage(str(storage))
+    backend = make_storage(str(storage))
     return optuna.load_study(study_name="mem", storage=backend).trials
 
 

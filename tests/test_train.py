@@ -156,3 +156,21 @@ def test_noisy_input_is_scored_once_per_experiment(tmp_path: Path, monkeypatch: 
     outcome = experiment.run_experiment(request, experiment.RunContext("cpu", None, 1))
     assert [run.seed for run in outcome.runs] == [0, 1]
     assert calls.count(True) == 1 and calls.count(False) == 2
+
+
+def test_ablate_again_skips_the_finished_pairs(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    argv = ["ablate", "--base", "optimized", "--changes", "d_state12", *TINY_MODEL, "--data", TINY_DATA,
+            "--steps", "1", "--batch", "2", "--crop-seconds", "0.5", "--workers", "1", "--out", str(tmp_path / "r"),
+            "--tracking-uri", uri, "--format", "json", "--device", "cpu", "-q"]
+    assert main(argv) == 0
+    first = json.loads(capsys.readouterr().out)
+    assert main(argv) == 0  # the same pairs, the same store: nothing is trained again
+    again = json.loads(capsys.readouterr().out)
+    assert [r["status"].split(" (")[0] for r in again[1:]] == ["finished earlier"] * 2
+    assert [r["pesq_wb"] for r in again[1:]] == pytest.approx([r["pesq_wb"] for r in first[1:]])
+    runs = search_runs(uri, "mbsbench-run")
+    assert (runs["tags.task"] == "run").sum() == 2 and (runs["tags.task"] == "ablate").sum() == 1
+    assert argv[11:13] == ["--steps", "1"]
+    assert main([*argv[:12], "2", *argv[13:]]) == 2  # --steps 2 is another run: its folders are not overwritten
+    assert "holds a run already" in capsys.readouterr().err

@@ -27,9 +27,12 @@ def run_request(args: argparse.Namespace, variants: list[str], parent_name: str 
     from bench.training.request import RunRequest
     from variants.registry import parse_overrides
 
-    return RunRequest(tuple(variants), tuple(args.seeds), args.data, parse_overrides(args.set), args.scan,
-                      args.epochs, args.steps, args.minutes, args.batch, args.crop_seconds, args.lr, args.phase_loss,
-                      args.val_every, args.checkpoint_every, Path(args.out), args.resume, args.overwrite, parent_name)
+    return RunRequest(
+        variants=tuple(variants), seeds=tuple(args.seeds), data=args.data, overrides=parse_overrides(args.set),
+        scan=args.scan, epochs=args.epochs, steps=args.steps, minutes=args.minutes, batch=args.batch,
+        crop_seconds=args.crop_seconds, lr=args.lr, phase_loss=args.phase_loss, val_every=args.val_every,
+        checkpoint_every=args.checkpoint_every, out=Path(args.out), resume=args.resume, overwrite=args.overwrite,
+        skip_finished=parent_name is not None, parent_name=parent_name)
 
 
 def run_context(args: argparse.Namespace):
@@ -70,21 +73,53 @@ def cmd_ablate(args: argparse.Namespace) -> str:
     from variants.registry import single_change_names
 
     variants = [args.base, *single_change_names(args.base, list(args.changes) if args.changes else None)]
+    if args.queue:
+        return _queue(variants, args)
     if args.profile_only:
         return _ablate_profile(variants, args)
     return _render(train(args, variants, f"ablate {args.base}"), args.format)
 
 
+def _queue(variants: list[str], args: argparse.Namespace) -> str:
+    """Enqueue the (variant, seed) pairs as trials of one study; `python -m studies work` drains it.
+
+    The one place bench hands work to studies (the queue is an Optuna study): only this CLI shell does.
+    """
+    from dataclasses import asdict
+
+    from bench.data.datasets import check_spec
+    from bench.training.request import resolve_configs, train_settings
+    from studies.queue import queue_ablation
+    from studies.storage import StorageSettings
+
+    request = run_request(args, variants, None)
+    resolve_configs(request)
+    check_spec(request.data)
+    for seed in request.seeds:
+        train_settings(request, request.data, seed)
+    profile = asdict(_profile_settings(args, "cpu")) if args.profile_only else None
+    name = args.study_name or f"ablate-{args.base}{'-profile' if args.profile_only else ''}"
+    created = queue_ablation(name, StorageSettings(args.queue), request, profile, tracking_uri(args))
+    return (f"study {name!r} in {args.queue}: {created.queued} (variant, seed) pairs queued ({created.before} "
+            f"before)\nstart workers: python -m studies work {name} --storage {args.queue}")
+
+
 def _ablate_profile(variants: list[str], args: argparse.Namespace) -> str:
     """Profile each variant at (batch, crop) without training, one MLflow profile run each."""
     from bench.devices import resolve_device
-    from bench.profiling.workload import ProfileSettings
     from variants.registry import parse_overrides
+
+    settings = _profile_settings(args, resolve_device(args.device))
+    return profile_named(variants, parse_overrides(args.set), settings, tracking_uri(args), args.format)
+
+
+def _profile_settings(args: argparse.Namespace, device: str):
+    """An ablation's profile conditions: --batch (default 1) and --crop-seconds (default 1) as batch and length."""
+    from bench.profiling.workload import ProfileSettings
 
     batch = args.batch if args.batch is not None else 1
     seconds = args.crop_seconds if args.crop_seconds is not None else 1.0
-    settings = ProfileSettings(batch=batch, seconds=seconds, device=resolve_device(args.device), repeats=2, rss=False)
-    return profile_named(variants, parse_overrides(args.set), settings, tracking_uri(args), args.format)
+    return ProfileSettings(batch=batch, seconds=seconds, device=device, repeats=2, rss=False)
 
 
 def add_training_flags(p: argparse.ArgumentParser) -> None:
@@ -133,4 +168,8 @@ def add_run_commands(sub) -> None:
     p.add_argument("--changes", type=names, help="comma-separated subset of the eight changes (default all)")
     p.add_argument("--profile-only", action="store_true",
                    help="profile each variant at --batch (default 1) and --crop-seconds (default 1), no training")
+    p.add_argument("--queue", metavar="STORAGE", help="enqueue the (variant, seed) pairs as trials of one study in "
+                                                      "this Optuna storage, for `python -m studies work` on any "
+                                                      "machine, instead of running them here")
+    p.add_argument("--study-name", help="with --queue: the study (default ablate-BASE[-profile])")
     add_training_flags(p)

@@ -29,9 +29,9 @@ def _finite(metrics: Mapping[str, object]) -> dict[str, float]:
     return {k: v for k, v in metrics.items() if isinstance(v, int | float) and v == v}
 
 
-def record_profile(result: dict, config: dict, uri: str, table_text: str = "") -> str:
+def record_profile(result: dict, config: dict, uri: str, table_text: str = "", extra_tags: dict | None = None) -> str:
     """Log one profile (experiment 'profile'); returns the run id."""
-    tags = provenance_tags(result["device"]) | {"task": "profile", "variant": result["variant"]}
+    tags = provenance_tags(result["device"]) | {"task": "profile", "variant": result["variant"]} | (extra_tags or {})
     tags |= {"status": result["status"], "reason": result.get("reason", "")[:500]}
     with start_run(uri, EXPERIMENTS["profile"], f"profile {result['variant']}", tags) as run:
         run.log_params(config | {f"run_{k}": result[k] for k in PROFILE_CONDITIONS if k in result})
@@ -46,7 +46,7 @@ def record_profile(result: dict, config: dict, uri: str, table_text: str = "") -
         return run.run_id
 
 
-def profile_recorder(uri: str):
+def profile_recorder(uri: str, extra_tags: dict | None = None):
     """A callback for profile_variants: record_profile of each row, with its parameter table.
 
     A store that fails mid-sweep does not stop the sweep: the row gets run_id '' and its 'log_error'.
@@ -55,7 +55,7 @@ def profile_recorder(uri: str):
 
     def record(row: dict, cfg) -> str:
         try:
-            return record_profile(row, cfg.to_dict(), uri, param_table_text(row["variant"], cfg))
+            return record_profile(row, cfg.to_dict(), uri, param_table_text(row["variant"], cfg), extra_tags)
         except mlflow_errors() as err:
             row["log_error"] = f"{type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}"
             return ""
@@ -242,9 +242,11 @@ def parent_run(uri: str, name: str, tags: Mapping[str, str], run_id: str | None 
         yield run.run_id
 
 
-def record_study(uri: str, name: str, params: dict, tags: dict) -> str:
-    """The parent run of a study (experiment 'study'); its id is kept in the study's attributes."""
-    with start_run(uri, EXPERIMENTS["study"], f"study {name}", tags | {"task": "study", "study": name}) as run:
+def record_study(uri: str, name: str, params: dict, tags: dict, ablation: bool = False) -> str:
+    """The parent run of a study (experiment 'study'), or of a queued ablation (experiment 'run', task
+    'ablate', like a local one); its id is kept in the study's attributes."""
+    experiment, task = (EXPERIMENTS["run"], "ablate") if ablation else (EXPERIMENTS["study"], "study")
+    with start_run(uri, experiment, f"{task} {name}", {"task": task} | tags | {"study": name}) as run:
         run.log_params(params)
         return run.run_id
 

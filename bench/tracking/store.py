@@ -81,16 +81,31 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
 DATABASE_SCHEMES = ("postgresql", "mysql", "mssql")
 
 
+def database_url(url: str) -> str:
+    """A database URL with the driver that is installed: postgresql:// means psycopg 3 (the `postgres` extra)
+    when psycopg2, SQLAlchemy's default, is absent. Other URLs, and ones naming a driver, pass unchanged."""
+    if not url.startswith("postgresql://"):
+        return url
+    import importlib.util
+
+    if importlib.util.find_spec("psycopg2") is None and importlib.util.find_spec("psycopg") is not None:
+        return "postgresql+psycopg://" + url[len("postgresql://"):]
+    return url
+
+
 def check_database(uri: str, timeout: float) -> None:
     """Connect to a database tracking store once, so that a wrong host or password fails before the work."""
     import sqlalchemy
 
     try:
-        engine = sqlalchemy.create_engine(uri, connect_args=_connect_timeout(uri, timeout))
+        engine = sqlalchemy.create_engine(database_url(uri), connect_args=_connect_timeout(uri, timeout))
         with engine.connect():
             pass
         engine.dispose()
-    except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError) as err:
+    except ImportError as err:
+        raise MbsbenchError(f"tracking URI {uri}: no database driver ({err}); pip install -e '.[postgres]' "
+                            "installs psycopg 3") from None
+    except (sqlalchemy.exc.SQLAlchemyError, ValueError) as err:
         first = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
         raise MbsbenchError(f"tracking URI {uri}: unreachable ({first}); use --no-track to skip logging") from None
 
@@ -131,7 +146,7 @@ def client(uri: str):
     check_reachable(uri)
     mlflow = mlflow_module()
     with _creation_lock(uri):
-        tracking = mlflow.tracking.MlflowClient(tracking_uri=uri)
+        tracking = mlflow.tracking.MlflowClient(tracking_uri=database_url(uri))
         try:
             tracking.search_experiments(max_results=1)  # creates the schema on first use
         except (mlflow.exceptions.MlflowException, OSError) as err:
@@ -293,23 +308,23 @@ def start_run(uri: str, experiment: str, run_name: str, tags: Mapping[str, str] 
     return ended(create_run(uri, experiment, run_name, tags, parent))
 
 
-def search_runs(uri: str, experiment: str):
-    """All runs of an experiment as a pandas DataFrame (params.*, metrics.*, tags.* columns)."""
+def search_runs(uri: str, experiment: str, filter_string: str = ""):
+    """Runs of an experiment (all, or those the filter keeps) as a DataFrame (params.*, metrics.*, tags.*)."""
     mlflow = mlflow_module()
     tracking = client(uri)
     found = tracking.get_experiment_by_name(experiment)
     if found is None:
         raise MbsbenchError(f"no experiment {experiment!r} in {uri}")
-    mlflow.set_tracking_uri(uri)
-    return mlflow.search_runs(experiment_ids=[found.experiment_id])
+    mlflow.set_tracking_uri(database_url(uri))
+    return mlflow.search_runs(experiment_ids=[found.experiment_id], filter_string=filter_string)
 
 
-def experiment_runs(uri: str, experiment: str):
+def experiment_runs(uri: str, experiment: str, filter_string: str = ""):
     """Runs of an experiment as a DataFrame, or an empty one when the experiment does not exist."""
     import pandas as pd
 
     try:
-        return search_runs(uri, experiment)
+        return search_runs(uri, experiment, filter_string)
     except MbsbenchError:
         return pd.DataFrame()
 

@@ -7,10 +7,11 @@ MLflow run from its first step, and its results in its run folder (result.json) 
 to the store.
 """
 
+import hashlib
 import json
 import shutil
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -26,6 +27,7 @@ from bench.training.request import (
     RunContext,
     RunRequest,
     TrainSettings,
+    check_run_folder,
     preflight,
     run_folder,
     train_settings,
@@ -58,16 +60,17 @@ class RunOutcome:
 
 @dataclass
 class ExperimentOutcome:
-    """The noisy input's scores and every (variant, seed) outcome."""
+    """The noisy input's scores, every (variant, seed) trained now, and the rows of those finished before."""
 
     noisy: Evaluation
     runs: list[RunOutcome]
+    earlier: list[dict] = field(default_factory=list)
 
     def rows(self) -> list[dict]:
         from bench.tracking.records import summary_means
 
         noisy = {"variant": "noisy input", "seed": "-", "status": "ok"} | summary_means(self.noisy)
-        return [noisy] + [run.row() for run in self.runs]
+        return [noisy] + self.earlier + [run.row() for run in self.runs]
 
 
 def open_splits(spec: str) -> Dataset:
@@ -83,25 +86,71 @@ def run_experiment(request: RunRequest, context: RunContext) -> ExperimentOutcom
     """Train and evaluate each (variant, seed), log each run, and return the outcomes."""
     configs = preflight(request, context, check_spec)
     dataset = open_splits(request.data)
-    resumed = resumable(request, configs, dataset)
+    earlier = finished_before(request, context, configs, dataset) if request.skip_finished else {}
+    todo = [(name, cfg, seed) for name, cfg in configs.items() for seed in request.seeds if (name, seed) not in earlier]
+    for name, _, seed in todo:  # a folder that holds a run with other settings is not overwritten either
+        check_run_folder(replace(request, skip_finished=False), name, seed)
+    resumed = resumable(request, {name: cfg for name, cfg, _ in todo}, dataset)
     noisy, _ = evaluate(dataset, "test", None, workers=context.workers)
     outcomes = []
-    with _parent(request, context, dataset, resumed) as parent_id:
-        for name, cfg in configs.items():
-            for seed in request.seeds:
-                saved = resumed.get((name, seed), {})
-                outcomes.append(_one(request, context, name, cfg, seed, dataset, noisy, parent_id, saved))
-    return ExperimentOutcome(noisy, outcomes)
+    parent = _parent(request, context, dataset, resumed) if todo else nullcontext(None)
+    with parent as parent_id:
+        for name, cfg, seed in todo:
+            saved = resumed.get((name, seed), {})
+            outcomes.append(_one(request, context, name, cfg, seed, dataset, noisy, parent_id, saved))
+    return ExperimentOutcome(noisy, outcomes, list(earlier.values()))
+
+
+def run_key(cfg: ModelConfig, settings: TrainSettings, dataset: Dataset) -> str:
+    """What makes two runs the same run: config, recipe and budget (seed included), data."""
+    text = json.dumps({"config": cfg.to_dict(), "settings": asdict(settings), "data": dataset.fingerprint},
+                      sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def finished_before(request: RunRequest, context: RunContext, configs: dict[str, ModelConfig],
+                    dataset: Dataset) -> dict[tuple, dict]:
+    """(variant, seed) pairs already FINISHED with this key in the store, or in their run folder when untracked."""
+    done = {}
+    for name, cfg in configs.items():
+        for seed in request.seeds:
+            key = run_key(cfg, train_settings(request, dataset.spec, seed), dataset)
+            row = _finished_in_store(context.tracking_uri, key) if context.tracking_uri else \
+                _finished_in_folder(run_folder(request, name, seed), key)
+            if row is not None:
+                done[name, seed] = {"variant": name, "seed": seed} | row
+    return done
+
+
+def _finished_in_store(uri: str, key: str) -> dict | None:
+    from bench.tracking.schema import EXPERIMENTS
+    from bench.tracking.store import experiment_runs
+
+    runs = experiment_runs(uri, EXPERIMENTS["run"], f"tags.`mbsbench.run_key` = '{key}' and "
+                                                    "attributes.status = 'FINISHED'")
+    if runs.empty:
+        return None
+    run = runs.iloc[0]
+    figures = {c[len("metrics."):]: run[c] for c in runs.columns if c.startswith("metrics.")}
+    return {"status": f"finished earlier (run {run['run_id']})", "run_id": run["run_id"]} | figures
+
+
+def _finished_in_folder(folder: Path, key: str) -> dict | None:
+    path = folder / "result.json"
+    if not path.is_file():
+        return None
+    row = json.loads(path.read_text())
+    if row.get("run_key") != key or row.get("status") != "ok":
+        return None
+    return row | {"status": f"finished earlier ({path})"}
 
 
 def resumable(request: RunRequest, configs: dict[str, ModelConfig], dataset: Dataset) -> dict[tuple, dict]:
     """With --resume, each run's last.pt checked against this command (model, recipe, data) before any work;
     what each remembers (its MLflow run and parent) by (variant, seed)."""
-    if not request.resume:
-        return {}
     resumed = {}
     for name, cfg in configs.items():
-        for seed in request.seeds:
+        for seed in [seed for seed in request.seeds if request.resumes(name, seed)]:
             path = run_folder(request, name, seed) / "last.pt"
             data = read_checkpoint(path)
             check_same_model(data, path, cfg, name)
@@ -111,8 +160,8 @@ def resumable(request: RunRequest, configs: dict[str, ModelConfig], dataset: Dat
 
 
 def _parent(request: RunRequest, context: RunContext, dataset: Dataset, resumed: dict):
-    if not (context.tracking_uri and request.parent_name):
-        return nullcontext(None)
+    if request.parent_run_id or not (context.tracking_uri and request.parent_name):
+        return nullcontext(request.parent_run_id if context.tracking_uri else None)
     from bench.tracking.records import parent_run
     from bench.tracking.store import provenance_tags
 
@@ -143,9 +192,11 @@ def _one(request: RunRequest, context: RunContext, name: str, cfg: ModelConfig, 
     model = build_model(cfg)
     trainer = Trainer(model, cfg, name, dataset.split("train"), dataset.split("val"), settings, folder,
                       context.device, dataset.fingerprint)
-    record = _open_record(context, trainer, name, seed, dataset, parent_id, saved.get("run_mlflow_id"))
+    key = run_key(cfg, settings, dataset)
+    record = _open_record(context, trainer, name, seed, dataset, parent_id, saved.get("run_mlflow_id"), key)
     try:
-        outcome = _train_and_score(trainer, name, cfg, seed, dataset, noisy, context, request.resume, record)
+        outcome = _train_and_score(trainer, name, cfg, seed, dataset, noisy, context,
+                                   request.resumes(name, seed), record, key)
     except KeyboardInterrupt as err:
         if record is not None:
             record.end("KILLED", "interrupted (SIGINT or SIGTERM)")
@@ -162,7 +213,7 @@ def _one(request: RunRequest, context: RunContext, name: str, cfg: ModelConfig, 
 
 
 def _train_and_score(trainer: Trainer, name: str, cfg: ModelConfig, seed: int, dataset: Dataset,
-                     noisy: Evaluation, context: RunContext, resume: bool, record) -> RunOutcome:
+                     noisy: Evaluation, context: RunContext, resume: bool, record, key: str) -> RunOutcome:
     total = None if trainer.total_steps == float("inf") else int(trainer.total_steps)
     with progress(total, f"train {name} seed {seed}", "step") as bar:
         trainer.observers += [ProgressBar(bar), *([record] if record is not None else [])]
@@ -175,7 +226,7 @@ def _train_and_score(trainer: Trainer, name: str, cfg: ModelConfig, seed: int, d
     outcome = RunOutcome(name, seed, result, evaluation, run_figures(cfg, result, evaluation, noisy))
     paths = write_evaluation(evaluation, trainer.folder / "test") if evaluation else {}
     outcome.run_id = record.run_id if record is not None else ""
-    write_result(trainer.folder / "result.json", outcome)
+    write_result(trainer.folder / "result.json", outcome, key)
     if record is not None:
         tags = {"status": result.status, "reason": result.reason[:500]}
         record.finish(outcome.figures, tags, list(paths.values()), result.best_path, audio)
@@ -183,7 +234,7 @@ def _train_and_score(trainer: Trainer, name: str, cfg: ModelConfig, seed: int, d
 
 
 def _open_record(context: RunContext, trainer: Trainer, name: str, seed: int, dataset: Dataset,
-                 parent_id: str | None, known: str | None):
+                 parent_id: str | None, known: str | None, key: str):
     """The run's MLflow record: the checkpoint's own run (`known`) when resuming, else a new one; None untracked."""
     if not context.tracking_uri:
         return None
@@ -194,7 +245,7 @@ def _open_record(context: RunContext, trainer: Trainer, name: str, seed: int, da
         record = RunRecord.resume(context.tracking_uri, known, budget)
     else:
         record = RunRecord.start(context.tracking_uri, f"run {name} seed {seed}",
-                                 run_tags(name, seed, dataset, context.device) | budget,
+                                 run_tags(name, seed, dataset, context.device) | budget | {"mbsbench.run_key": key},
                                  run_params(trainer.cfg, trainer.s, dataset, context.device), parent_id)
     trainer.saved_extra |= {"run_mlflow_id": record.run_id, "run_mlflow_parent": parent_id or ""}
     return record
@@ -227,8 +278,8 @@ def run_figures(cfg: ModelConfig, result: TrainResult, evaluation: Evaluation | 
     return figures | summary_means(evaluation) | summary_means(noisy, "noisy_")
 
 
-def write_result(path: Path, outcome: RunOutcome) -> None:
+def write_result(path: Path, outcome: RunOutcome, key: str) -> None:
     """The run's summary as JSON in its folder: there whether or not the tracking store took it."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    row = outcome.row() | {"run_id": outcome.run_id}
+    row = outcome.row() | {"run_id": outcome.run_id, "run_key": key}
     path.write_text(json.dumps(row, indent=2, default=str))

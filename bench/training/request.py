@@ -6,7 +6,7 @@ seconds before anything is trained, never after.
 
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from variants.config import ModelConfig
@@ -75,7 +75,24 @@ class RunRequest:
     out: Path = Path("runs")
     resume: bool = False
     overwrite: bool = False  # start a run folder that holds a run over again
+    resume_if_present: bool = False  # a queued pair: continue a last.pt left by an earlier attempt, else start
+    skip_finished: bool = False  # an ablation: a pair already FINISHED in the store (or run folder) is not redone
     parent_name: str | None = None  # an ablation: one parent run over the (variant, seed) runs
+    parent_run_id: str | None = None  # a queued ablation: the children's parent run, made when it was queued
+
+    def resumes(self, variant: str, seed: int) -> bool:
+        """Whether this (variant, seed) continues from its last.pt."""
+        return self.resume or (self.resume_if_present and (run_folder(self, variant, seed) / "last.pt").is_file())
+
+    def to_dict(self) -> dict:
+        """JSON-able fields (a queued ablation keeps its request in the study)."""
+        return {f.name: (str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v)
+                for f in fields(self) for v in [getattr(self, f.name)]}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "RunRequest":
+        return cls(**(data | {"variants": tuple(data["variants"]), "seeds": tuple(data["seeds"]),
+                              "out": Path(data["out"])}))
 
 
 @dataclass(frozen=True)
@@ -124,13 +141,19 @@ def check_outputs(request: RunRequest) -> None:
         raise MbsbenchError(f"--out {out}: not writable ({err.strerror or type(err).__name__})") from None
     for variant in request.variants:
         for seed in request.seeds:
-            folder = run_folder(request, variant, seed)
-            holds = [name for name in ("last.pt", "best.pt") if (folder / name).exists()]
-            if request.resume and "last.pt" not in holds:
-                raise MbsbenchError(f"--resume: nothing to resume in {folder} (no last.pt)")
-            if holds and not request.resume and not request.overwrite:
-                raise MbsbenchError(f"{folder} holds a run already ({', '.join(holds)}): --resume continues it, "
-                                    "--overwrite starts it over, or choose another --out")
+            check_run_folder(request, variant, seed)
+
+
+def check_run_folder(request: RunRequest, variant: str, seed: int) -> None:
+    """A run folder is resumed, started over (--overwrite), or new: never silently overwritten."""
+    folder = run_folder(request, variant, seed)
+    holds = [name for name in ("last.pt", "best.pt") if (folder / name).exists()]
+    if request.resume and "last.pt" not in holds:
+        raise MbsbenchError(f"--resume: nothing to resume in {folder} (no last.pt)")
+    finished_here = request.skip_finished and (folder / "result.json").is_file()  # decided against the store
+    if holds and not request.resumes(variant, seed) and not request.overwrite and not finished_here:
+        raise MbsbenchError(f"{folder} holds a run already ({', '.join(holds)}): --resume continues it, "
+                            "--overwrite starts it over, or choose another --out")
 
 
 def check_request(request: RunRequest, spec_check) -> dict[str, ModelConfig]:

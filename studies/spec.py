@@ -1,0 +1,73 @@
+"""What a study is, kept in the study itself: any worker on any machine rebuilds its objective from it.
+
+A search study varies ModelConfig knobs of a base variant; an ablation study runs (variant, seed)
+pairs through bench's normal run (or profile) path. Both are stored as JSON in the study's user
+attribute 'mbsbench_spec' when the study is created.
+"""
+
+import json
+from dataclasses import asdict, dataclass, field, replace
+
+from studies.objectives import OBJECTIVES, ObjectiveSettings
+from studies.space import Knob
+from variants.errors import MbsbenchError
+
+SAMPLERS = ("grid", "tpe")
+SPEC_ATTR = "mbsbench_spec"
+
+
+@dataclass(frozen=True)
+class StudySpec:
+    """Everything a worker needs to rebuild the study's objective."""
+
+    name: str
+    objective: str  # a key of OBJECTIVES
+    kind: str = "search"  # 'search' (knobs of a base) or 'ablation' ((variant, seed) pairs)
+    base: str = "optimized"
+    knobs: tuple[Knob, ...] = ()
+    settings: ObjectiveSettings = field(default_factory=ObjectiveSettings)
+    sampler: str = "grid"
+    trials: int | None = None  # sampler studies: the budget of trials; grid: at most this many points queued
+    tracking_uri: str | None = None
+    ablation: dict = field(default_factory=dict)  # kind 'ablation': the RunRequest fields, profile settings
+
+    def __post_init__(self) -> None:
+        if self.objective not in OBJECTIVES:
+            raise MbsbenchError(f"--objective {self.objective!r}: expected one of {', '.join(OBJECTIVES)}")
+        if self.sampler not in SAMPLERS:
+            raise MbsbenchError(f"--sampler {self.sampler!r}: expected one of {', '.join(SAMPLERS)}")
+        if self.sampler == "grid" and not all(knob.discrete for knob in self.knobs):
+            ranged = ", ".join(k.name for k in self.knobs if not k.discrete)
+            raise MbsbenchError(f"--sampler grid: {ranged} is a range; a grid needs choices (or use --sampler tpe)")
+        if self.sampler == "tpe" and self.trials is None:
+            raise MbsbenchError("--sampler tpe needs --trials N: the study's budget of trials")
+
+    @property
+    def metrics(self) -> tuple[str, ...]:
+        return OBJECTIVES[self.objective][0]
+
+    @property
+    def directions(self) -> tuple[str, ...]:
+        return OBJECTIVES[self.objective][1]
+
+    def to_json(self) -> str:
+        data = asdict(self) | {"knobs": [knob.to_dict() for knob in self.knobs]}
+        return json.dumps(data, sort_keys=True, default=str)
+
+    @classmethod
+    def from_json(cls, text: str) -> "StudySpec":
+        data = json.loads(text)
+        return cls(**(data | {"knobs": tuple(Knob.from_dict(k) for k in data["knobs"]),
+                              "settings": ObjectiveSettings(**data["settings"])}))
+
+    def same_study(self, other: "StudySpec") -> bool:
+        """Whether `other` describes this study (the trial budget and tracking store may differ)."""
+        def core(spec: "StudySpec") -> dict:
+            return json.loads(replace(spec, trials=None, tracking_uri=None).to_json())
+
+        return core(self) == core(other)
+
+
+def default_sampler(knobs: tuple[Knob, ...]) -> str:
+    """grid when every knob is discrete, tpe when one has a range."""
+    return "grid" if all(knob.discrete for knob in knobs) else "tpe"

@@ -1,0 +1,175 @@
+"""Work anywhere: take the study's next trial, run it, record it; until the queue or the budget is done.
+
+Trials are taken under the study's lock (ask), run outside it, and told. A running trial beats
+(RDB storages); a trial of a dead worker is failed once its grace is over and queued again
+(Optuna's retry callback), and any worker runs the retry. Ctrl-C or SIGTERM ends the trial in
+flight as FAIL 'interrupted', queues it again, and stops the worker with one line.
+"""
+
+import os
+import signal
+import socket
+import threading
+import time
+import warnings
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from studies.objectives import TrialFailedError
+from studies.queue import load_study
+from studies.spec import StudySpec
+from studies.storage import Heartbeat, StorageSettings, requeue, stable_enough, study_lock
+from studies.trials import trial_function
+
+INTERRUPTED = "interrupted"
+
+
+@dataclass
+class WorkReport:
+    """What one worker did: trial numbers by how they ended."""
+
+    states: dict[str, list[int]] = field(default_factory=dict)
+
+    def add(self, state: str, number: int) -> None:
+        self.states.setdefault(state, []).append(number)
+
+    @property
+    def ran(self) -> int:
+        return sum(len(numbers) for numbers in self.states.values())
+
+
+def _counts_toward_budget(trial) -> bool:
+    """A sampler study's budget counts every trial but those failed by a crash or an interrupt (retried)."""
+    from optuna.trial import TrialState
+
+    if trial.state != TrialState.FAIL:
+        return True
+    return trial.user_attrs.get("fail_reason", "") not in ("", INTERRUPTED)
+
+
+def next_trial(study, spec: StudySpec):
+    """The next trial to run (a queued one first), or None when the queue (grid) or the budget is done."""
+    from optuna.trial import TrialState
+
+    trials = study.get_trials(deepcopy=False)
+    if any(t.state == TrialState.WAITING for t in trials):
+        return _ask(study)
+    if spec.sampler == "grid" or spec.kind == "ablation":
+        return None
+    return _ask(study) if sum(_counts_toward_budget(t) for t in trials) < spec.trials else None
+
+
+def _ask(study):
+    with warnings.catch_warnings():  # Optuna warns that heartbeats want optimize(); run_trial beats itself
+        warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
+        trial = study.ask()
+    if hasattr(study._storage, "record_heartbeat") and study._storage.get_heartbeat_interval():
+        # the first beat before the trial leaves the lock: a trial without any beat is never found stale
+        study._storage.record_heartbeat(trial._trial_id)
+    return trial
+
+
+def others_running(study) -> bool:
+    from optuna.trial import TrialState
+
+    return any(t.state == TrialState.RUNNING for t in study.get_trials(deepcopy=False))
+
+
+def sampler_for(spec: StudySpec, index: int | None):
+    """TPE for a sampler study, seeded per worker (the same seed on every machine would propose the same
+    points); a grid's points are queued, so its sampler never chooses one."""
+    import optuna
+
+    seed = spec.settings.seed * 1000 + (index if index is not None else os.getpid() % 1000)
+    return optuna.samplers.TPESampler(seed=seed) if spec.sampler == "tpe" else optuna.samplers.RandomSampler(seed)
+
+
+def work(name: str, storage: StorageSettings, device: str, max_trials: int | None = None, out: Path = Path("runs"),
+         tracking_uri: str | None = None, index: int | None = None, metric_workers: int = 0,
+         stop=None) -> WorkReport:
+    """Run trials of the study until it is done, or `max_trials` of them; a KeyboardInterrupt is re-raised
+    after the trial in flight was marked interrupted and queued again. `stop` (interrupts.interrupt_once)
+    ends the loop after a trial that an interrupt did not reach (one lost in a finalizer)."""
+    import optuna
+
+    study, spec = load_study(storage, name)
+    if tracking_uri:
+        spec = replace(spec, tracking_uri=tracking_uri)
+    study = optuna.load_study(study_name=name, storage=study._storage, sampler=sampler_for(spec, index))
+    run = trial_function(spec, device, out, metric_workers)
+    report = WorkReport()
+    while max_trials is None or report.ran < max_trials:
+        with stable_enough():
+            optuna.storages.fail_stale_trials(study)
+        with study_lock(storage, name):
+            trial = next_trial(study, spec)
+        if trial is None:
+            if spec.sampler == "grid" and not storage.is_journal and others_running(study):
+                time.sleep(storage.heartbeat_s)  # a running trial may go stale and come back to the queue
+                continue
+            break
+        report.add(run_trial(study, trial, run, storage), trial.number)
+        if stop is not None and stop.requested:
+            from bench.interrupts import Interrupted
+
+            raise Interrupted(f"stopped after trial {trial.number}", stop.signum)
+    return report
+
+
+def run_trial(study, trial, run, storage: StorageSettings) -> str:
+    """Run one trial with its heartbeat and tell how it ended: COMPLETE, PRUNED or FAIL (with the reason)."""
+    import optuna
+    from optuna.trial import TrialState
+
+    trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+    # Optuna's own optimize() beats inside; with ask-and-tell the beat is ours (storage.record_heartbeat)
+    with Heartbeat(study._storage, trial._trial_id, storage.heartbeat_s):
+        try:
+            values = run(trial)
+        except optuna.TrialPruned as err:
+            trial.set_user_attr("prune_reason", str(err)[:500])
+            study.tell(trial, state=TrialState.PRUNED)
+            return "PRUNED"
+        except TrialFailedError as err:
+            return _fail(study, trial, str(err))
+        except KeyboardInterrupt as err:
+            _fail(study, trial, INTERRUPTED)
+            requeue(study, study._storage.get_trial(trial._trial_id), storage)
+            from bench.interrupts import add_kept
+
+            add_kept(err, f"trial {trial.number} of study {study.study_name!r} marked interrupted and queued again")
+            raise
+        except (RuntimeError, MemoryError, ValueError) as err:  # a failure is a result, recorded; the study goes on
+            return _fail(study, trial, f"{type(err).__name__}: {str(err).splitlines()[0][:400] if str(err) else ''}")
+    study.tell(trial, list(values))
+    return "COMPLETE"
+
+
+def _fail(study, trial, reason: str) -> str:
+    from optuna.trial import TrialState
+
+    trial.set_user_attr("fail_reason", reason[:500])
+    study.tell(trial, state=TrialState.FAIL)
+    return "FAIL"
+
+
+def die_with_parent() -> None:
+    """In a worker process: SIGTERM when the parent dies (Linux prctl), or a thread that notices (elsewhere)."""
+    parent = os.getppid()
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        if libc.prctl(1, signal.SIGTERM) == 0:  # PR_SET_PDEATHSIG
+            if os.getppid() != parent:  # the parent died before the call
+                os.kill(os.getpid(), signal.SIGTERM)
+            return
+    except (OSError, AttributeError):
+        pass
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, daemon=True).start()

@@ -1,0 +1,186 @@
+"""Many machines, one study: real PostgreSQL, real `mlflow server`, real worker processes killed.
+
+Workers here are `python -m studies work` processes on this machine; to the database they are as
+remote as workers on other machines (each has its own process, connection and heartbeat).
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+
+from bench.__main__ import main as bench
+from reports.__main__ import main as reports
+
+pytestmark = pytest.mark.servers
+
+FAST = ["--heartbeat", "1", "--grace", "3"]
+TINY = ["--set", "feature_dim=16", "--set", "temporal_layers=1"]
+
+
+def studies(*argv: str, cwd: Path) -> subprocess.Popen:
+    """A studies command in a process group of its own (a Ctrl-C in its terminal reaches the whole group)."""
+    env = os.environ | {"OMP_NUM_THREADS": "1"}  # two workers on two cores: one thread each
+    return subprocess.Popen([sys.executable, "-m", "studies", *argv], cwd=cwd, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True, env=env)
+
+
+def finish(proc: subprocess.Popen, timeout: float = 300) -> tuple[str, str]:
+    out, err = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, err
+    return out, err
+
+
+def trials_of(url: str, name: str) -> list[optuna.trial.FrozenTrial]:
+    from studies.storage import make_storage
+
+    return optuna.load_study(study_name=name, storage=make_storage(url)).trials
+
+
+GRID = ["--space", "d_state", "--choices", "d_state=4,8,12,16,24,32", "--objective", "time", "--study-name", "grid"]
+QUICK = ["--seconds", "0.1", "--batch", "1"]  # a trial of about half a second
+SLOW = ["--seconds", "0.5", "--batch", "2"]  # a trial of a second or two: long enough to be killed in
+
+
+def create(url: str, tmp: Path, *extra: str) -> subprocess.Popen:
+    return studies("create", *GRID, "--storage", url, *FAST, "--no-track", *extra, cwd=tmp)
+
+
+def completed_points(trials) -> list[int]:
+    return sorted(t.params["d_state"] for t in trials if t.state.name == "COMPLETE")
+
+
+def test_two_machines_create_once_and_two_workers_drain_the_grid(postgres, tmp_path: Path) -> None:
+    url = postgres.database()
+    first, second = create(url, tmp_path, *QUICK), create(url, tmp_path, *QUICK)  # at once, as from two machines
+    outs = [finish(first)[0], finish(second)[0]]
+    assert sorted(int(o.split(": ")[1].split()[0]) for o in outs) == [0, 6]  # one queued all six, the other none
+    workers = [studies("work", "grid", "--storage", url, *FAST, "--device", "cpu", cwd=tmp_path) for _ in range(2)]
+    ran = [int(finish(w)[0].split("ran ")[1].split()[0]) for w in workers]
+    trials = trials_of(url, "grid")
+    assert completed_points(trials) == [4, 8, 12, 16, 24, 32] and len(trials) == 6, ran  # each point once, exactly
+    assert sum(ran) == 6
+
+
+def wait_running(url: str, name: str, timeout: float = 120) -> optuna.trial.FrozenTrial:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            running = [t for t in trials_of(url, name) if t.state.name == "RUNNING"]
+        except KeyError:  # the study is not created yet
+            running = []
+        if running:
+            return running[0]
+        time.sleep(0.1)
+    raise AssertionError("no trial started")
+
+
+def test_a_killed_worker_is_retried_after_its_grace(postgres, tmp_path: Path) -> None:
+    url = postgres.database()
+    finish(create(url, tmp_path, *SLOW))
+    doomed = studies("work", "grid", "--storage", url, *FAST, "--device", "cpu", cwd=tmp_path)
+    victim = wait_running(url, "grid")
+    doomed.send_signal(signal.SIGKILL)
+    doomed.wait()
+    killed_at = time.monotonic()
+    survivor = studies("work", "grid", "--storage", url, *FAST, "--device", "cpu", cwd=tmp_path)
+    finish(survivor)
+    trials = trials_of(url, "grid")
+    lost = trials[victim.number]
+    retry = next(t for t in trials if t.system_attrs.get("failed_trial") == victim.number)
+    assert lost.state.name == "FAIL" and retry.state.name == "COMPLETE"
+    assert retry.params == lost.params and retry.datetime_start.timestamp() > lost.datetime_start.timestamp() + 3
+    assert completed_points(trials) == [4, 8, 12, 16, 24, 32]  # no point lost, none twice
+    assert time.monotonic() - killed_at > 3  # the retry waited for the grace period
+
+
+def test_ctrl_c_marks_the_trial_interrupted_and_it_is_retried(postgres, tmp_path: Path) -> None:
+    url = postgres.database()
+    search = studies("search", *GRID, *SLOW, "--storage", url, *FAST, "--no-track", "--workers", "2", "--device",
+                     "cpu", cwd=tmp_path)
+    wait_running(url, "grid")
+    os.killpg(search.pid, signal.SIGINT)  # Ctrl-C: the parent and its workers
+    _, err = search.communicate(timeout=120)
+    lines = err.strip().splitlines()
+    assert search.returncode == 130 and "Traceback" not in err and len(lines) == 1, err
+    assert lines[0].startswith("interrupted: ") and "queued again" in lines[0]
+    trials = trials_of(url, "grid")
+    interrupted = [t for t in trials if t.user_attrs.get("fail_reason") == "interrupted"]
+    assert interrupted and all(t.state.name == "FAIL" for t in interrupted)
+    assert all(any(r.system_attrs.get("failed_trial") == t.number for r in trials) for t in interrupted)
+    finish(studies("work", "grid", "--storage", url, *FAST, "--device", "cpu", cwd=tmp_path))
+    assert completed_points(trials_of(url, "grid")) == [4, 8, 12, 16, 24, 32]
+
+
+def test_killing_the_parent_takes_the_workers(postgres, tmp_path: Path) -> None:
+    url = postgres.database()
+    search = studies("search", *GRID, *SLOW, "--storage", url, *FAST, "--no-track", "--workers", "2", "--device",
+                     "cpu", cwd=tmp_path)
+    wait_running(url, "grid")
+    children = subprocess.run(["pgrep", "-P", str(search.pid)], capture_output=True, text=True).stdout.split()
+    search.send_signal(signal.SIGKILL)
+    search.wait()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and any(Path(f"/proc/{pid}").exists() for pid in children):
+        time.sleep(0.2)
+    alive = [pid for pid in children if Path(f"/proc/{pid}/status").exists() and
+             "zombie" not in Path(f"/proc/{pid}/status").read_text()]
+    assert children and alive == []
+
+
+def test_queued_ablation_on_postgres_tracking(postgres, tmp_path: Path) -> None:
+    """bench ablate --profile-only --queue, drained by two workers: one MLflow run per (variant, seed), once."""
+    queue, tracking = postgres.database(), postgres.database()
+    argv = ["ablate", "--base", "optimized", "--changes", "d_state12,expand1", "--profile-only", *TINY, "--batch",
+            "1", "--crop-seconds", "0.1", "--seeds", "0,1", "--queue", queue, "--tracking-uri", tracking]
+    assert bench(argv) == 0
+    assert bench(argv) == 0  # queued twice: nothing queued the second time
+    for _ in range(2):  # two drains: the second finds nothing to do
+        workers = [studies("work", "ablate-optimized-profile", "--storage", queue, *FAST, "--device", "cpu",
+                           cwd=tmp_path) for _ in range(2)]
+        for worker in workers:
+            finish(worker)
+    from bench.tracking.store import search_runs
+
+    runs = search_runs(tracking, "mbsbench-profile")
+    pairs = sorted(zip(runs["tags.variant"], runs["tags.seed"]))
+    assert pairs == sorted((v, s) for v in ("optimized", "optimized-d_state12", "optimized-expand1") for s in "01")
+    assert (runs["status"] == "FINISHED").all()
+    trials = trials_of(queue, "ablate-optimized-profile")
+    assert len(trials) == 6 and all(t.state.name == "COMPLETE" for t in trials)
+
+
+def test_mlflow_server_on_postgres(postgres, tmp_path: Path) -> None:
+    """A real `mlflow server`: bench profile logs through it, reports read the figures back, artifacts download."""
+    from servers import MlflowServer
+
+    from bench.tracking.store import download_artifact, search_runs
+
+    server = MlflowServer(postgres.database(), tmp_path / "artifacts", tmp_path / "server.log")
+    try:
+        assert bench(["profile", "--variant", "optimized", *TINY, "--batch", "1", "--seconds", "0.1", "--repeats",
+                      "1", "--no-rss", "--tracking-uri", server.url, "--format", "json", "--device", "cpu"]) == 0
+        run = search_runs(server.url, "mbsbench-profile").iloc[0]
+        assert reports(["tables", "--tracking-uri", server.url, "--out", str(tmp_path / "paper")]) == 0
+        main = (tmp_path / "paper" / "main.md").read_text()
+        assert f"| {run['metrics.params_m']:.3f} |" in main
+        profile = json.loads(download_artifact(server.url, run["run_id"], "profile.json", str(tmp_path)).read_text())
+        assert profile["params"] == run["metrics.params"]
+        assert any((tmp_path / "artifacts").rglob("profile.json"))  # stored by the server, not by us
+    finally:
+        server.stop()
+
+
+def test_tracking_databases_are_checked_for_real(postgres) -> None:
+    from bench.tracking.store import check_reachable
+    from variants.errors import MbsbenchError
+
+    check_reachable(postgres.database())  # a live database passes
+    with pytest.raises(MbsbenchError, match="unreachable"):
+        check_reachable(f"postgresql://postgres@127.0.0.1:{postgres.port}/no_such_db")
