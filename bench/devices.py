@@ -35,3 +35,24 @@ def device_name(device: str) -> str:
     except OSError:
         pass
     return f"CPU {cpu} ({torch.get_num_threads()} threads)"
+
+
+# --precision (run) and --dtype (profile) name the same thing: the dtype autocast computes in (fp64: the
+# whole model in float64, no autocast: for checks of exactness, e.g. one process against several)
+PRECISIONS = {"fp32": "float32", "bf16": "bfloat16", "fp64": "float64", "float32": "float32",
+              "bfloat16": "bfloat16"}
+
+
+def autocast(device: str, precision: str):
+    """torch.autocast to bfloat16 on the device ('bf16' / 'bfloat16'); a no-op otherwise."""
+    import torch
+
+    dtype = PRECISIONS[precision]
+    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=dtype == "bfloat16")
+
+
+def parameter_dtype(precision: str):
+    """The dtype of a model's weights under a precision: float64 for fp64, else float32."""
+    import torch
+
+    return torch.float64 if PRECISIONS[precision] == "float64" else torch.float32

@@ -6,7 +6,7 @@ attribute 'mbsbench_spec' when the study is created.
 """
 
 import json
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 
 from studies.objectives import OBJECTIVES, ObjectiveSettings
 from studies.space import Knob
@@ -63,7 +63,7 @@ class StudySpec:
     def same_study(self, other: "StudySpec") -> bool:
         """Whether `other` describes this study (the trial budget and tracking store may differ)."""
         def core(spec: "StudySpec") -> dict:
-            return json.loads(replace(spec, trials=None, tracking_uri=None).to_json())
+            return {k: v for k, v in json.loads(spec.to_json()).items() if k not in ("trials", "tracking_uri")}
 
         return core(self) == core(other)
 

@@ -98,3 +98,18 @@ def test_show_lists_best_and_importances(tmp_path: Path, capsys: pytest.CaptureF
     assert main(["show", "mem", "--storage", str(storage)]) == 0
     out = capsys.readouterr().out
     assert "complete 6" in out and "best trial" in out and "importances: " in out
+
+
+def test_tpe_samples_a_range_within_its_budget(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    storage = tmp_path / "s.log"
+    argv = ["search", "--space", "d_state", "--range", "d_state=4:32", "--objective", "params", "--trials", "5",
+            "--study-name", "mem", "--storage", str(storage), "--no-track", "-q"]
+    assert main(argv) == 0
+    trials = trials_of(storage)
+    assert len(trials) == 5 and all(t.state.name == "COMPLETE" and 4 <= t.params["d_state"] <= 32 for t in trials)
+    study = optuna.load_study(study_name="mem", storage=make_storage(str(storage)))
+    assert json.loads(study.user_attrs["mbsbench_spec"])["sampler"] == "tpe"
+    assert main(argv) == 0 and len(trials_of(storage)) == 5  # the budget is the study's: nothing more to do
+    capsys.readouterr()
+    assert main([*argv[:11], "--sampler", "grid", "--storage", str(storage), "--no-track"]) == 2
+    assert "is a range; a grid needs choices" in capsys.readouterr().err

@@ -1,7 +1,7 @@
 """The optional MetricGAN discriminator of the reference (CMGAN's): predicts a normalised PESQ.
 
-Specified and counted (181,650 parameters, MODELS.md) but not used by training yet: `bench run`
-trains without the MetricGAN term.
+181,650 parameters (MODELS.md). `bench run --metricgan` (on under `--recipe reference`) trains it
+against each batch's PESQ; bench/training/metricgan.py holds that recipe.
 """
 
 import itertools

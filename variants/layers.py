@@ -90,7 +90,10 @@ class SelectiveSSM(nn.Module):
         D = self.D
         if self.cfg.skip_d == "const_d_inner":  # seed bug: D shadowed by the integer d_inner
             D = torch.full_like(self.D, float(self.cfg.d_inner)).detach()
-        y = scan(xc, delta, A, self.B_proj(xc), self.C_proj(xc), D, chunk_size=self.cfg.chunk_size)
+        B, C = self.B_proj(xc), self.C_proj(xc)
+        with torch.autocast(x.device.type, enabled=False):  # the recurrence accumulates in float32, as Mamba's
+            inputs = [t.float() if t.dtype in (torch.float16, torch.bfloat16) else t for t in (xc, delta, A, B, C, D)]
+            y = scan(*inputs, chunk_size=self.cfg.chunk_size)
         return y.transpose(0, 1) if time_major else y  # (b, l, d)
 
     def _scan(self, device: torch.device) -> tuple[Callable[..., Tensor], bool]:

@@ -30,21 +30,27 @@ def run_request(args: argparse.Namespace, variants: list[str], parent_name: str 
     return RunRequest(
         variants=tuple(variants), seeds=tuple(args.seeds), data=args.data, overrides=parse_overrides(args.set),
         scan=args.scan, epochs=args.epochs, steps=args.steps, minutes=args.minutes, batch=args.batch,
-        crop_seconds=args.crop_seconds, lr=args.lr, phase_loss=args.phase_loss, val_every=args.val_every,
+        crop_seconds=args.crop_seconds, lr=args.lr, phase_loss=args.phase_loss, precision=args.precision,
+        metricgan=args.metricgan, recipe=args.recipe, val_every=args.val_every,
         checkpoint_every=args.checkpoint_every, out=Path(args.out), resume=args.resume, overwrite=args.overwrite,
         skip_finished=parent_name is not None, parent_name=parent_name)
 
 
 def run_context(args: argparse.Namespace):
+    """Device, store and ranks: under torchrun, this rank's device in the process group (rank 0 logs)."""
     from bench.devices import resolve_device
+    from bench.training import distributed
     from bench.training.request import RunContext
 
-    return RunContext(resolve_device(args.device), tracking_uri(args), args.workers)
+    ranks = distributed.from_environment()
+    device = distributed.start(ranks, resolve_device(args.device))
+    return RunContext(device, tracking_uri(args) if ranks.main else None, args.workers, ranks)
 
 
 def train(args: argparse.Namespace, variants: list[str], parent_name: str | None = None):
     """Check everything (names and fields before torch is even imported), then run the experiment."""
     from bench.data.datasets import check_spec
+    from bench.training import distributed
     from bench.training.request import check_request
 
     request = run_request(args, variants, parent_name)
@@ -52,13 +58,18 @@ def train(args: argparse.Namespace, variants: list[str], parent_name: str | None
     context = run_context(args)  # the device, and the tracking store reached and usable
     from bench.training.experiment import run_experiment
 
-    return run_experiment(request, context)
+    try:
+        return run_experiment(request, context)
+    finally:
+        distributed.stop()
 
 
 def _render(outcome, fmt: str) -> str:
     from bench.text import format_table
     from bench.tracking.schema import RUN_COLUMNS
 
+    if outcome.noisy is None:  # a rank other than 0: rank 0 prints the table
+        return ""
     rows = outcome.rows()
     if fmt == "json":
         return json.dumps(rows, indent=2, default=str)
@@ -66,7 +77,32 @@ def _render(outcome, fmt: str) -> str:
 
 
 def cmd_run(args: argparse.Namespace) -> str:
+    import os
+
+    if args.nproc is not None and "WORLD_SIZE" not in os.environ:
+        return _relaunch(args)
     return _render(train(args, [args.variant]), args.format)
+
+
+def _relaunch(args: argparse.Namespace) -> str:
+    """`bench run --nproc G`: the same command as G torchrun ranks on this machine; their exit code is ours."""
+    import subprocess
+
+    from bench.data.datasets import check_spec
+    from bench.training.distributed import torchrun_command
+    from bench.training.request import check_request, train_settings
+
+    request = run_request(args, [args.variant])
+    check_request(request, check_spec)  # here, once: not one error per rank from under torchrun
+    for seed in request.seeds:
+        train_settings(request, request.data, seed, args.nproc)
+    argv = list(args.argv)
+    at = next(i for i, a in enumerate(argv) if a == "--nproc" or a.startswith("--nproc="))
+    del argv[at : at + (1 if "=" in argv[at] else 2)]
+    code = subprocess.call(torchrun_command(args.nproc, argv))
+    if code:
+        raise SystemExit(code)
+    return ""
 
 
 def cmd_ablate(args: argparse.Namespace) -> str:
@@ -134,6 +170,14 @@ def add_training_flags(p: argparse.ArgumentParser) -> None:
                    help="training crop in seconds (default 2; synth default budget: 1)")
     p.add_argument("--lr", type=above(0), default=1e-3, help="Adam learning rate (default 1e-3)")
     p.add_argument("--phase-loss", action="store_true", help="add the phase term (dual mag/phase decoder only)")
+    p.add_argument("--recipe", choices=("default", "reference"), default="default",
+                   help="reference: the reference's recipe (batch 6, 2 s crops, MetricGAN, 120 epochs unless a "
+                        "budget is given); default: as the flags say")
+    p.add_argument("--metricgan", action=argparse.BooleanOptionalAction, default=None,
+                   help="the MetricGAN term from half-way through the budget (default: on for --recipe reference)")
+    p.add_argument("--precision", choices=("fp32", "bf16", "fp64"), default="fp32",
+                   help="fp32; bf16 under autocast for training and inference; fp64: the whole model in float64, "
+                        "for exactness checks (default fp32)")
     p.add_argument("--val-every", type=positive_int, help="steps between validations, and at each epoch's end "
                                                           "(default 50; synth default budget: 100)")
     p.add_argument("--checkpoint-every", type=positive_int, help="steps between resumable checkpoints (last.pt; "
@@ -157,8 +201,12 @@ def add_run_commands(sub) -> None:
     p = add_command(sub, "run", "train a variant on a budget, evaluate it on the test split, log it",
                     "  python -m bench run --variant optimized\n"
                     "  python -m bench run --variant optimized --data vbd:~/vbd --epochs 100 --seeds 0,1,2 "
-                    "--device cuda\n  python -m bench run --variant optimized --resume", cmd_run)
+                    "--device cuda\n  python -m bench run --variant optimized --resume\n"
+                    "  torchrun --standalone --nproc_per_node=8 -m bench run --variant original --data vbd:~/vbd "
+                    "--recipe reference --precision bf16", cmd_run)
     p.add_argument("--variant", required=True, help="registered name, e.g. original+expand1 (python -m bench list)")
+    p.add_argument("--nproc", type=positive_int, help="train with this many data-parallel processes here "
+                                                      "(relaunches under torchrun; a GPU each on CUDA)")
     add_training_flags(p)
     p = add_command(sub, "ablate", "every single change of a base: trained and evaluated, or only profiled",
                     "  python -m bench ablate --base original --profile-only\n"

@@ -62,6 +62,7 @@ def run_main(make_parser: Callable[[], argparse.ArgumentParser], argv: list[str]
     from variants.errors import MbsbenchError
 
     args = make_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # what was typed (bench run --nproc relaunches it)
     set_verbosity(getattr(args, "verbosity", 0))
     forget_clients()
     previous = signal.signal(signal.SIGTERM, _terminate)

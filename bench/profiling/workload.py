@@ -5,6 +5,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from bench.devices import autocast
 from variants.config import ModelConfig
 from variants.errors import MbsbenchError
 from variants.registry import build_model
@@ -43,11 +44,6 @@ class ProfileSettings:
 
 def samples(cfg: ModelConfig, seconds: float) -> int:
     return round(seconds * cfg.sample_rate)
-
-
-def autocast(device: str, dtype: str):
-    """torch.autocast to dtype on the device, a no-op for float32."""
-    return torch.autocast(torch.device(device).type, dtype=DTYPES[dtype], enabled=dtype != "float32")
 
 
 def training_step(model: nn.Module, wav: Tensor, optimizer: torch.optim.Optimizer, dtype: str = "float32") -> None:

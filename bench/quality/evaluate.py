@@ -26,16 +26,19 @@ class Evaluation:
     metric_seconds: float = 0.0  # wall time of the metric stage (without PCS)
 
 
-def enhance(model: nn.Module | None, noisy: np.ndarray, device: str) -> np.ndarray:
+def enhance(model: nn.Module | None, noisy: np.ndarray, device: str, precision: str = "fp32") -> np.ndarray:
     """The network's output for one full utterance (batch 1) without PCS, or the noisy input when model is None.
 
     PCS is left to the evaluation, which applies it once for the PCS columns, whatever the config's pcs flag.
     """
     if model is None:
         return noisy
+    from bench.devices import autocast
+
     gain = rms_gain(noisy)  # the model sees inputs normalised as in training; the output is scaled back
-    with torch.no_grad():
-        out = model(torch.from_numpy(noisy * gain).float().to(device)[None], pcs=False)
+    dtype = next(model.parameters()).dtype
+    with torch.no_grad(), autocast(device, precision):
+        out = model(torch.from_numpy(noisy * gain).to(device, dtype)[None], pcs=False)
     return out[0].float().cpu().numpy() / gain
 
 
@@ -59,16 +62,16 @@ def usable_pairs(pairs: list[Pair]) -> tuple[list[Pair], list[str]]:
 def evaluate(
     dataset: Dataset, split: str = "test", model: nn.Module | None = None, device: str = "cpu",
     with_pcs: bool = False, compat: bool = False, workers: int = 0,
-    progress: Callable[[int], None] | None = None, keep_audio: int = 0,
+    progress: Callable[[int], None] | None = None, keep_audio: int = 0, precision: str = "fp32",
 ) -> tuple[Evaluation, list[tuple[str, np.ndarray]]]:
-    """Score a split: the model's output (or the noisy input), and with PCS too when asked."""
+    """Score a split: the model's output (or the noisy input, model None), and with PCS too when asked."""
     pairs, skipped = usable_pairs(dataset.split(split))
     if model is not None:
         model.eval()
     items, pcs_items, audio = [], [], []
     for pair in pairs:
         clean, noisy = load_pair(pair)
-        out = enhance(model, noisy, device)
+        out = enhance(model, noisy, device, precision)
         items.append((pair.id, clean, out))
         if with_pcs:
             pcs_items.append((pair.id, clean, pcs(out)))

@@ -142,6 +142,33 @@ def score_many(items: Iterable[tuple[str, np.ndarray, np.ndarray]], workers: int
     return results
 
 
+def pesq_or_worst(item: tuple[np.ndarray, np.ndarray]) -> float:
+    """Wideband PESQ of (clean, enhanced); the worst value for an unscorable output, NaN for a silent reference."""
+    clean, enhanced = (np.asarray(x, np.float64) for x in item)
+    reference, output = unscorable(clean, enhanced)
+    if reference:
+        return math.nan
+    if output:
+        return WORST["pesq_wb"]
+    value, _ = pesq_wb(clean, enhanced)
+    return WORST["pesq_wb"] if math.isnan(value) else value
+
+
+class PesqPool:
+    """A pool of single-threaded processes kept open across calls: the PESQ of each training batch."""
+
+    def __init__(self, workers: int = 0):
+        self.pool = ProcessPoolExecutor(workers or multiprocessing.cpu_count(), mp_context=_pool_context(),
+                                        initializer=_single_threaded)
+
+    def scores(self, pairs: list[tuple[np.ndarray, np.ndarray]]) -> list[float]:
+        """pesq_or_worst of each (clean, enhanced), computed in parallel."""
+        return list(self.pool.map(pesq_or_worst, pairs))
+
+    def close(self) -> None:
+        self.pool.shutdown()
+
+
 def _pool_context():
     # fork: a spawned worker re-imports the caller's __main__ (torch, mlflow: seconds per worker); the
     # workers only run numpy, scipy and the PESQ C code, which are safe after fork

@@ -135,7 +135,7 @@ class RunRecord:
     """
 
     def __init__(self, run: Run):
-        self.run, self.pending, self.error = run, [], ""
+        self.run, self.pending, self.error = run, {}, ""
 
     @property
     def run_id(self) -> str:
@@ -180,14 +180,20 @@ class RunRecord:
             self.error = f"{type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}"
 
     def flush(self) -> None:
-        pending, self.pending = self.pending, []
-        if pending:
-            self._safely(lambda: self.run.log_points("train_loss", pending))
-            if self.error:
-                self.pending = pending + self.pending
+        pending, self.pending = self.pending, {}
+        for name, points in pending.items():
+            self._safely(lambda name=name, points=points: self.run.log_points(name, points))
+        if self.error:  # kept for the run folder's result and a later flush
+            for name, points in pending.items():
+                self.pending.setdefault(name, [])[:0] = points
 
     def step(self, step: int, loss: float) -> None:
-        self.pending.append((step, loss))
+        self.pending.setdefault("train_loss", []).append((step, loss))
+
+    def figures(self, step: int, values: dict[str, float]) -> None:
+        for name, value in values.items():
+            if value == value:
+                self.pending.setdefault(name, []).append((step, value))
 
     def validated(self, step: int, loss: float, lr: float) -> None:
         self.flush()

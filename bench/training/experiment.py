@@ -90,8 +90,8 @@ def run_experiment(request: RunRequest, context: RunContext) -> ExperimentOutcom
     todo = [(name, cfg, seed) for name, cfg in configs.items() for seed in request.seeds if (name, seed) not in earlier]
     for name, _, seed in todo:  # a folder that holds a run with other settings is not overwritten either
         check_run_folder(replace(request, skip_finished=False), name, seed)
-    resumed = resumable(request, {name: cfg for name, cfg, _ in todo}, dataset)
-    noisy, _ = evaluate(dataset, "test", None, workers=context.workers)
+    resumed = resumable(request, {name: cfg for name, cfg, _ in todo}, dataset, context.ranks.world)
+    noisy = evaluate(dataset, "test", None, workers=context.workers)[0] if context.ranks.main else None
     outcomes = []
     parent = _parent(request, context, dataset, resumed) if todo else nullcontext(None)
     with parent as parent_id:
@@ -114,7 +114,7 @@ def finished_before(request: RunRequest, context: RunContext, configs: dict[str,
     done = {}
     for name, cfg in configs.items():
         for seed in request.seeds:
-            key = run_key(cfg, train_settings(request, dataset.spec, seed), dataset)
+            key = run_key(cfg, train_settings(request, dataset.spec, seed, context.ranks.world), dataset)
             row = _finished_in_store(context.tracking_uri, key) if context.tracking_uri else \
                 _finished_in_folder(run_folder(request, name, seed), key)
             if row is not None:
@@ -145,7 +145,8 @@ def _finished_in_folder(folder: Path, key: str) -> dict | None:
     return row | {"status": f"finished earlier ({path})"}
 
 
-def resumable(request: RunRequest, configs: dict[str, ModelConfig], dataset: Dataset) -> dict[tuple, dict]:
+def resumable(request: RunRequest, configs: dict[str, ModelConfig], dataset: Dataset,
+              world: int = 1) -> dict[tuple, dict]:
     """With --resume, each run's last.pt checked against this command (model, recipe, data) before any work;
     what each remembers (its MLflow run and parent) by (variant, seed)."""
     resumed = {}
@@ -154,7 +155,7 @@ def resumable(request: RunRequest, configs: dict[str, ModelConfig], dataset: Dat
             path = run_folder(request, name, seed) / "last.pt"
             data = read_checkpoint(path)
             check_same_model(data, path, cfg, name)
-            check_same_math(data, path, train_settings(request, dataset.spec, seed), dataset.fingerprint)
+            check_same_math(data, path, train_settings(request, dataset.spec, seed, world), dataset.fingerprint)
             resumed[name, seed] = {k: v for k, v in data.items() if k.startswith("run_")}
     return resumed
 
@@ -184,16 +185,17 @@ class ProgressBar(TrainObserver):
 
 def _one(request: RunRequest, context: RunContext, name: str, cfg: ModelConfig, seed: int, dataset: Dataset,
          noisy: Evaluation, parent_id: str | None, saved: dict) -> RunOutcome:
-    settings = train_settings(request, dataset.spec, seed)
+    settings = train_settings(request, dataset.spec, seed, context.ranks.world)
     folder = run_folder(request, name, seed)
-    if request.overwrite and folder.exists():
+    if request.overwrite and folder.exists() and context.ranks.main:
         shutil.rmtree(folder)
     torch.manual_seed(settings.seed)
     model = build_model(cfg)
     trainer = Trainer(model, cfg, name, dataset.split("train"), dataset.split("val"), settings, folder,
-                      context.device, dataset.fingerprint)
+                      context.device, dataset.fingerprint, context.ranks, context.workers)
     key = run_key(cfg, settings, dataset)
-    record = _open_record(context, trainer, name, seed, dataset, parent_id, saved.get("run_mlflow_id"), key)
+    record = _open_record(context, trainer, name, seed, dataset, parent_id, saved.get("run_mlflow_id"), key,
+                          request.recipe)
     try:
         outcome = _train_and_score(trainer, name, cfg, seed, dataset, noisy, context,
                                    request.resumes(name, seed), record, key)
@@ -215,14 +217,17 @@ def _one(request: RunRequest, context: RunContext, name: str, cfg: ModelConfig, 
 def _train_and_score(trainer: Trainer, name: str, cfg: ModelConfig, seed: int, dataset: Dataset,
                      noisy: Evaluation, context: RunContext, resume: bool, record, key: str) -> RunOutcome:
     total = None if trainer.total_steps == float("inf") else int(trainer.total_steps)
-    with progress(total, f"train {name} seed {seed}", "step") as bar:
-        trainer.observers += [ProgressBar(bar), *([record] if record is not None else [])]
+    main = context.ranks.main
+    with progress(total if main else 0, f"train {name} seed {seed}", "step") as bar:
+        trainer.observers += [ProgressBar(bar), *([record] if record is not None else [])] if main else []
         result = trainer.run(resume)
+    if not main:  # rank 0 scores, writes and logs; the others are done
+        return RunOutcome(name, seed, result, None, {})
     evaluation, audio = None, []
     if result.best_path.is_file():
         load_checkpoint(result.best_path, cfg, name, trainer.model)
         evaluation, audio = evaluate(dataset, "test", trainer.model, context.device, with_pcs=True,
-                                     workers=context.workers, keep_audio=3)
+                                     workers=context.workers, keep_audio=3, precision=trainer.s.precision)
     outcome = RunOutcome(name, seed, result, evaluation, run_figures(cfg, result, evaluation, noisy))
     paths = write_evaluation(evaluation, trainer.folder / "test") if evaluation else {}
     outcome.run_id = record.run_id if record is not None else ""
@@ -234,9 +239,9 @@ def _train_and_score(trainer: Trainer, name: str, cfg: ModelConfig, seed: int, d
 
 
 def _open_record(context: RunContext, trainer: Trainer, name: str, seed: int, dataset: Dataset,
-                 parent_id: str | None, known: str | None, key: str):
+                 parent_id: str | None, known: str | None, key: str, recipe: str):
     """The run's MLflow record: the checkpoint's own run (`known`) when resuming, else a new one; None untracked."""
-    if not context.tracking_uri:
+    if not context.tracking_uri or not context.ranks.main:
         return None
     from bench.tracking.records import RunRecord
 
@@ -246,7 +251,7 @@ def _open_record(context: RunContext, trainer: Trainer, name: str, seed: int, da
     else:
         record = RunRecord.start(context.tracking_uri, f"run {name} seed {seed}",
                                  run_tags(name, seed, dataset, context.device) | budget | {"mbsbench.run_key": key},
-                                 run_params(trainer.cfg, trainer.s, dataset, context.device), parent_id)
+                                 run_params(trainer.cfg, trainer.s, dataset, context.device, recipe), parent_id)
     trainer.saved_extra |= {"run_mlflow_id": record.run_id, "run_mlflow_parent": parent_id or ""}
     return record
 
@@ -258,9 +263,10 @@ def run_tags(name: str, seed: int, dataset: Dataset, device: str) -> dict:
                                                    "data_fingerprint": dataset.fingerprint}
 
 
-def run_params(cfg: ModelConfig, settings: TrainSettings, dataset: Dataset, device: str) -> dict:
+def run_params(cfg: ModelConfig, settings: TrainSettings, dataset: Dataset, device: str, recipe: str) -> dict:
     """The config and every setting that fixes the math (the budget is a tag: it may change on --resume)."""
     train = {f"train_{k}": v for k, v in asdict(settings).items() if k not in BUDGET}
+    train |= {"train_batch_per_rank": settings.batch // settings.world_size, "train_recipe": recipe}
     return cfg.to_dict() | train | {"data": dataset.spec, "scan_resolved": resolve_scan(cfg, torch.device(device))}
 
 

@@ -72,16 +72,22 @@ class CropSampler:
         return torch.from_numpy(np.stack(cleans)).float(), torch.from_numpy(np.stack(noisies)).float()
 
 
-def validation_loss(model: nn.Module, pairs: list[Pair], cfg: ModelConfig, device: str, phase: bool) -> float:
+def validation_loss(model: nn.Module, pairs: list[Pair], cfg: ModelConfig, device: str, phase: bool,
+                    precision: str = "fp32") -> float:
     """Mean loss over full validation utterances (batch 1, normalised like training)."""
+    from bench.devices import autocast
+
     model.eval()
     total = 0.0
     with torch.no_grad():
         for pair in pairs:
             clean, noisy = load_pair(pair)
             gain = rms_gain(noisy)
-            c = torch.from_numpy(clean * gain).float()[None].to(device)
-            n = torch.from_numpy(noisy * gain).float()[None].to(device)
-            total += float(se_loss(model(n), c, cfg, phase))
+            dtype = next(model.parameters()).dtype
+            c = torch.from_numpy(clean * gain)[None].to(device, dtype)
+            n = torch.from_numpy(noisy * gain)[None].to(device, dtype)
+            with autocast(device, precision):
+                enhanced = model(n)
+            total += float(se_loss(enhanced.to(dtype), c, cfg, phase))
     model.train()
     return total / max(len(pairs), 1)

@@ -9,14 +9,17 @@ import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from bench.training.distributed import SINGLE, Ranks
 from variants.config import ModelConfig
 from variants.errors import MbsbenchError
 from variants.registry import build_config
 
 # on the embedded corpus, bench run trains this long unless told otherwise (fits 10 min here)
 SYNTH_BUDGET = {"minutes": 5.0, "batch": 4, "crop_seconds": 1.0, "val_every": 100, "checkpoint_every": 100}
-RECIPE_DEFAULTS = {"batch": 6, "crop_seconds": 2.0}  # the reference recipe (MODELS.md)
+RECIPE_DEFAULTS = {"batch": 6, "crop_seconds": 2.0}  # the reference recipe's batch and crop (MODELS.md)
+REFERENCE_BUDGET = {"epochs": 120}  # --recipe reference with no budget given: the reference's 120 epochs
 BUDGET = ("epochs", "steps", "minutes")
+RECIPES = ("default", "reference")  # reference: batch 6, 2 s crops, MetricGAN on, 120 epochs unless told
 
 
 @dataclass(frozen=True)
@@ -36,6 +39,10 @@ class TrainSettings:
     checkpoint_every: int = 50  # steps between resumable checkpoints
     phase_loss: bool = False  # 0.3 RI + 0.3 magnitude + 0.4 wrapped phase, dual decoder only
     seed: int = 0
+    precision: str = "fp32"  # fp32, bf16 under autocast (training and inference), or fp64 (exactness checks)
+    metricgan: bool = False  # the reference's MetricGAN term, from half-way through the budget
+    metricgan_weight: float = 1.0
+    world_size: int = 1  # ranks of a torchrun run; each takes batch / world_size of every global batch
 
     def __post_init__(self) -> None:
         checks = [("batch", self.batch >= 1, "an integer >= 1"),
@@ -46,12 +53,18 @@ class TrainSettings:
                   ("minutes", self.minutes is None or self.minutes > 0, "a positive number"),
                   ("val_every", self.val_every >= 1, "an integer >= 1"),
                   ("checkpoint_every", self.checkpoint_every >= 1, "an integer >= 1"),
-                  ("seed", self.seed >= 0, "an integer >= 0")]
+                  ("seed", self.seed >= 0, "an integer >= 0"),
+                  ("precision", self.precision in ("fp32", "bf16", "fp64"), "fp32, bf16 or fp64"),
+                  ("metricgan_weight", self.metricgan_weight > 0, "a positive number"),
+                  ("world_size", self.world_size >= 1, "an integer >= 1")]
         for name, ok, expected in checks:
             if not ok:
                 raise MbsbenchError(f"training {name}={getattr(self, name)!r}: expected {expected}")
         if self.epochs is None and self.steps is None and self.minutes is None:
             raise MbsbenchError("training needs a budget: --epochs, --steps or --minutes")
+        if self.batch % self.world_size:
+            raise MbsbenchError(f"--batch {self.batch}: the global batch must divide by the world size "
+                                f"{self.world_size} (each rank takes an equal share)")
 
 
 @dataclass(frozen=True)
@@ -70,6 +83,9 @@ class RunRequest:
     crop_seconds: float | None = None
     lr: float = 1e-3
     phase_loss: bool = False
+    precision: str = "fp32"  # fp32, or bf16 under autocast
+    metricgan: bool | None = None  # None: as the recipe says (on for 'reference')
+    recipe: str = "default"
     val_every: int | None = None  # steps between validations (default 50; synth default budget: 100)
     checkpoint_every: int | None = None  # steps between resumable checkpoints (same defaults)
     out: Path = Path("runs")
@@ -97,24 +113,36 @@ class RunRequest:
 
 @dataclass(frozen=True)
 class RunContext:
-    """Where the work runs: device, tracking store (None: not tracked), metric processes (0: one per core)."""
+    """Where the work runs: device, tracking store (None: not tracked), metric processes (0: one per core),
+    and this process's rank in a torchrun world (rank 0 alone scores, logs and writes)."""
 
     device: str = "cpu"
     tracking_uri: str | None = None
     workers: int = 0
+    ranks: Ranks = SINGLE
 
 
-def train_settings(request: RunRequest, spec: str, seed: int) -> TrainSettings:
-    """Budget from the request; on the synth corpus with no budget given, the SYNTH_BUDGET default."""
+def train_settings(request: RunRequest, spec: str, seed: int, world: int = 1) -> TrainSettings:
+    """Budget and recipe from the request: the reference recipe, the synth default budget on the synth corpus
+    when no budget is given, or the flags."""
+    if request.recipe not in RECIPES:
+        raise MbsbenchError(f"--recipe {request.recipe!r}: expected one of {', '.join(RECIPES)}")
     given = {k: getattr(request, k) for k in BUDGET if getattr(request, k) is not None}
-    defaults = SYNTH_BUDGET if spec.startswith("synth") and not given else RECIPE_DEFAULTS
-    if not given and defaults is RECIPE_DEFAULTS:
+    if request.recipe == "reference":
+        defaults = RECIPE_DEFAULTS | ({} if given else REFERENCE_BUDGET)
+    elif spec.startswith("synth") and not given:
+        defaults = SYNTH_BUDGET
+    elif not given:
         raise MbsbenchError("give a training budget for this dataset: --epochs N, --steps N or --minutes M")
+    else:
+        defaults = RECIPE_DEFAULTS
     chosen = {k: getattr(request, k) for k in ("batch", "crop_seconds", "val_every", "checkpoint_every")
               if getattr(request, k) is not None}
     recipe = RECIPE_DEFAULTS | {k: v for k, v in defaults.items() if k not in BUDGET} | chosen
     budget = given or {k: v for k, v in defaults.items() if k in BUDGET}
-    return TrainSettings(**recipe, lr=request.lr, seed=seed, phase_loss=request.phase_loss, **budget)
+    metricgan = request.metricgan if request.metricgan is not None else request.recipe == "reference"
+    return TrainSettings(**recipe, lr=request.lr, seed=seed, phase_loss=request.phase_loss, **budget,
+                         precision=request.precision, metricgan=metricgan, world_size=world)
 
 
 def resolve_configs(request: RunRequest) -> dict[str, ModelConfig]:

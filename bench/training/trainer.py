@@ -1,8 +1,11 @@
 """Budgeted training with the reference recipe; validation on held-out speakers picks the checkpoint.
 
 Adam, StepLR(10 epochs, 0.98), gradient-norm clip 5 (MODELS.md); the loss and the sampler are in
-recipe.py. A run stops at its budget, on a NaN loss (a result), or at the end of the step during
-which Ctrl-C / SIGTERM arrived, with last.pt written so that --resume continues exactly.
+recipe.py, the MetricGAN term in metricgan.py. A run stops at its budget, on a NaN loss (a result),
+or at the end of the step during which Ctrl-C / SIGTERM arrived, with last.pt written so that
+--resume continues exactly. Under torchrun each rank trains on its share of the global batch (DDP
+averages the gradients: the single-process math up to reduction order); rank 0 validates,
+checkpoints and reports, and every rank stops at the same step.
 """
 
 import math
@@ -14,15 +17,19 @@ import torch
 from torch import nn
 
 from bench.data.datasets import Pair
+from bench.devices import autocast, parameter_dtype
 from bench.interrupts import Interrupted, stop_requests
+from bench.training import distributed
 from bench.training.checkpoint import check_same_model, read_checkpoint, save_checkpoint
+from bench.training.distributed import Ranks
 from bench.training.recipe import CropSampler, se_loss, validation_loss
 from bench.training.request import TrainSettings
 from variants.config import ModelConfig
 from variants.errors import MbsbenchError
 
 # settings that change what the weights become: a resumed run must use the checkpoint's values
-MATH_SETTINGS = ("batch", "crop_seconds", "lr", "lr_step_epochs", "lr_gamma", "clip_norm", "phase_loss", "seed")
+MATH_SETTINGS = ("batch", "crop_seconds", "lr", "lr_step_epochs", "lr_gamma", "clip_norm", "phase_loss", "seed",
+                 "precision", "metricgan", "metricgan_weight", "world_size")
 
 
 @dataclass
@@ -39,6 +46,7 @@ class TrainResult:
     best_val_loss: float = math.inf
     train_curve: list[tuple[int, float]] = field(default_factory=list)
     val_curve: list[tuple[int, float]] = field(default_factory=list)
+    metricgan_from: int | None = None  # the first step whose loss has the MetricGAN term
     best_path: Path | None = None
     last_path: Path | None = None
 
@@ -47,7 +55,10 @@ class TrainObserver:
     """What a Trainer reports as it goes (a progress bar, an MLflow run, a study's pruner): no-ops here."""
 
     def step(self, step: int, loss: float) -> None:
-        """After each optimizer step."""
+        """After each optimizer step, with the batch's loss (the mean over every rank)."""
+
+    def figures(self, step: int, values: dict[str, float]) -> None:
+        """Other curves of a step (the MetricGAN losses and targets)."""
 
     def validated(self, step: int, loss: float, lr: float) -> None:
         """After each validation, with the learning rate the optimizer used."""
@@ -60,16 +71,23 @@ class Trainer:
     """Runs the budgeted loop, validating, checkpointing (best.pt, last.pt) and resuming."""
 
     def __init__(self, model: nn.Module, cfg: ModelConfig, variant: str, train: list[Pair], val: list[Pair],
-                 settings: TrainSettings, folder: Path, device: str = "cpu", data_fingerprint: str = ""):
-        self.model, self.cfg, self.variant, self.s = model.to(device).train(), cfg, variant, settings
+                 settings: TrainSettings, folder: Path, device: str = "cpu", data_fingerprint: str = "",
+                 ranks: Ranks = distributed.SINGLE, metric_workers: int = 0):
+        if settings.world_size != ranks.world:
+            raise MbsbenchError(f"settings for {settings.world_size} ranks, but this world has {ranks.world}")
+        self.dtype = parameter_dtype(settings.precision)
+        self.model, self.cfg, self.variant, self.s = model.to(device, self.dtype).train(), cfg, variant, settings
         self.val, self.folder, self.device, self.fingerprint = val, Path(folder), device, data_fingerprint
+        self.ranks, self.net = ranks, _parallel(self.model, ranks, device)
         self.sampler = CropSampler(train, settings.batch, settings.crop_seconds, settings.seed, cfg.sample_rate)
         self.optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr)
         self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, settings.lr_step_epochs, settings.lr_gamma)
         self.phase = settings.phase_loss and cfg.decoder == "dual_magphase"
+        self.gan = _metricgan(cfg, settings, device, ranks, metric_workers) if settings.metricgan else None
         self.result = TrainResult(best_path=self.folder / "best.pt", last_path=self.folder / "last.pt")
         self.observers: list[TrainObserver] = []
         self.saved_extra: dict = {}  # kept in last.pt with the state (e.g. the MLflow run id)
+        self._trained = 0.0  # seconds of training so far, over every segment
 
     @property
     def total_steps(self) -> float:
@@ -78,15 +96,19 @@ class Trainer:
         return self.s.epochs * self.sampler.per_epoch if self.s.epochs else math.inf
 
     def save_last(self, step: int) -> None:
+        if not self.ranks.main:
+            return
         extra = {"step": step, "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                  "result": asdict(self.result) | {"best_path": None, "last_path": None}, "settings": asdict(self.s),
                  "data_fingerprint": self.fingerprint} | self.saved_extra
+        if self.gan is not None:
+            extra["metricgan_state"] = self.gan.state()
         save_checkpoint(self.result.last_path, self.model, self.cfg, self.variant, extra)
         for observer in self.observers:
             observer.checkpointed(step)
 
     def resume(self) -> int:
-        """Restore last.pt; returns the step to continue from."""
+        """Restore last.pt (every rank reads it); returns the step to continue from."""
         path = self.result.last_path
         data = read_checkpoint(path, self.device)
         check_same_model(data, path, self.cfg, self.variant)
@@ -94,6 +116,8 @@ class Trainer:
         self.model.load_state_dict(data["state_dict"])
         self.optimizer.load_state_dict(data["optimizer"])
         self.scheduler.load_state_dict(data["scheduler"])
+        if self.gan is not None:
+            self.gan.load(data["metricgan_state"])
         saved = data["result"]
         self.result = TrainResult(**{k: v for k, v in saved.items() if k not in ("best_path", "last_path")},
                                   best_path=self.result.best_path, last_path=path)
@@ -103,7 +127,9 @@ class Trainer:
         return int(data["step"])
 
     def validate(self, step: int) -> None:
-        loss = validation_loss(self.model, self.val, self.cfg, self.device, self.phase)
+        if not self.ranks.main:
+            return
+        loss = validation_loss(self.model, self.val, self.cfg, self.device, self.phase, self.s.precision)
         self.result.val_curve.append((step, loss))
         for observer in self.observers:
             observer.validated(step, loss, self.optimizer.param_groups[0]["lr"])
@@ -111,16 +137,34 @@ class Trainer:
             self.result.best_val_loss, self.result.best_step = loss, step
             save_checkpoint(self.result.best_path, self.model, self.cfg, self.variant, {"step": step})
 
+    def _metricgan_on(self, step: int) -> bool:
+        """From half-way through the budget: half the steps (or epochs), or half the minutes."""
+        if self.result.metricgan_from is not None:
+            return step >= self.result.metricgan_from
+        half = self.total_steps / 2 <= step if self.total_steps != math.inf else False
+        half = half or (self.s.minutes is not None and self._trained >= self.s.minutes * 30)
+        on = distributed.any_rank(half, self.ranks, self.device)
+        if on:
+            self.result.metricgan_from = step
+        return on
+
     def train_step(self, step: int) -> float:
-        clean, noisy = (t.to(self.device) for t in self.sampler.batch(step))
+        clean, noisy = (t.to(self.device, self.dtype)
+                        for t in self.sampler.batch(step, self.ranks.rank, self.ranks.world))
         self.optimizer.zero_grad(set_to_none=True)
-        loss = se_loss(self.model(noisy), clean, self.cfg, self.phase)
-        value = float(loss.detach())
+        with autocast(self.device, self.s.precision):
+            enhanced = self.net(noisy)
+            loss = se_loss(enhanced.to(self.dtype), clean, self.cfg, self.phase)
+            if self.gan is not None and self._metricgan_on(step):
+                loss = loss + self.s.metricgan_weight * self.gan.generator_term(clean, enhanced.to(self.dtype), step)
+        value = distributed.mean(float(loss.detach()), self.ranks, self.device)
         if not math.isfinite(value):
             return value
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.s.clip_norm)
         self.optimizer.step()
+        if self.gan is not None:
+            self.gan.discriminator_step(clean, enhanced, step)
         return value
 
     def run(self, resume: bool = False) -> TrainResult:
@@ -129,15 +173,22 @@ class Trainer:
         earlier, started = self.result.seconds, time.monotonic()  # the budget counts earlier segments
         self.result.segments.append(0.0)
         budget = self.s.minutes * 60 if self.s.minutes else math.inf
-        with stop_requests() as stop:
-            while step < self.total_steps and earlier + time.monotonic() - started < budget and not stop.requested:
-                loss = self.train_step(step)
-                if not math.isfinite(loss):
-                    self.result.status, self.result.reason = "nan", f"loss {loss} at step {step}"
-                    break
-                step += 1
-                self._clock(earlier, started)
-                self._after_step(step, loss)
+        try:
+            with stop_requests() as stop:
+                while step < self.total_steps:
+                    self._clock(earlier, started)
+                    if distributed.any_rank(stop.requested or self._trained >= budget, self.ranks, self.device):
+                        break
+                    loss = self.train_step(step)
+                    if not math.isfinite(loss):
+                        self.result.status, self.result.reason = "nan", f"loss {loss} at step {step}"
+                        break
+                    step += 1
+                    self._clock(earlier, started)
+                    self._after_step(step, loss)
+        finally:
+            if self.gan is not None:
+                self.gan.close()
         self._clock(earlier, started)
         self.result.steps, self.result.epochs = step, step / self.sampler.per_epoch
         if stop.requested:
@@ -150,12 +201,14 @@ class Trainer:
 
     def _clock(self, earlier: float, started: float) -> None:
         self.result.segments[-1] = time.monotonic() - started
-        self.result.seconds = earlier + self.result.segments[-1]
+        self.result.seconds = self._trained = earlier + self.result.segments[-1]
 
     def _after_step(self, step: int, loss: float) -> None:
         self.result.train_curve.append((step, loss))
-        for observer in self.observers:
+        for observer in self.observers if self.ranks.main else []:
             observer.step(step, loss)
+            if self.gan is not None:
+                observer.figures(step, self.gan.last)
         epoch_end = step % self.sampler.per_epoch == 0
         if epoch_end:
             self.scheduler.step()
@@ -165,9 +218,26 @@ class Trainer:
             self.save_last(step)
 
 
+def _parallel(model: nn.Module, ranks: Ranks, device: str) -> nn.Module:
+    """The module the training step calls: the model, or DistributedDataParallel of it in a world of several."""
+    if ranks.world == 1:
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    ids = [torch.device(device).index] if torch.device(device).type == "cuda" else None
+    return DistributedDataParallel(model, device_ids=ids)
+
+
+def _metricgan(cfg: ModelConfig, settings: TrainSettings, device: str, ranks: Ranks, workers: int):
+    from bench.training.metricgan import MetricGAN, wrap_for
+
+    return MetricGAN(cfg, settings.lr, settings.seed, device, workers, wrap_for(ranks, device))
+
+
 def check_same_math(data: dict, path: Path, settings: TrainSettings, fingerprint: str) -> None:
     """A resumed run trains on the checkpoint's data with its recipe, or the command names what differs."""
-    saved = data.get("settings", {})
+    defaults = asdict(TrainSettings(steps=1))  # a checkpoint older than a setting trained with its default
+    saved = defaults | data.get("settings", {})
     ours = asdict(settings)
     differ = [f"{k}={saved.get(k)!r} (here {ours[k]!r})" for k in MATH_SETTINGS if saved.get(k) != ours[k]]
     if fingerprint and data.get("data_fingerprint", fingerprint) != fingerprint:
