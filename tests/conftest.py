@@ -6,6 +6,11 @@ from pathlib import Path
 import pytest
 import torch
 
+# Triton's interpreter runs the Triton scan on CPU tensors; triton decorates its own library functions when
+# it is imported, so the choice is made here, before any test imports it (a CUDA machine runs it compiled)
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 
 @pytest.fixture(autouse=True, scope="session")
 def _cache_folder(tmp_path_factory: pytest.TempPathFactory) -> None:

@@ -9,7 +9,7 @@ import torch
 from variants.errors import MbsbenchError
 from variants.scan import INDEXED_LOOPS, SCANS, choose_scan, cuda_scan_available, selective_scan_ref
 
-ALL_CPU = {**{k: v for k, v in SCANS.items() if k != "cuda"}, **INDEXED_LOOPS}
+ALL_CPU = {**{k: v for k, v in SCANS.items() if k not in ("cuda", "triton")}, **INDEXED_LOOPS}
 CPU_SCANS = list(ALL_CPU)
 TOL = {torch.float64: 1e-10, torch.float32: 1e-4}
 

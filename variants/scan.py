@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from variants.errors import MbsbenchError
+from variants.scan_triton import selective_scan_triton, triton_available
 
 try:  # the fused CUDA kernel is optional; "cuda" says how to get it when missing
     from mamba_ssm.ops.selective_scan_interface import selective_scan_fn as _mamba_selective_scan_fn
@@ -274,6 +275,7 @@ SCANS: dict[str, Callable[..., Tensor]] = {
     "chunked": selective_scan_chunked,
     "chunked_ckpt": selective_scan_chunked_ckpt,
     "cuda": selective_scan_cuda,
+    "triton": selective_scan_triton,
 }
 
 
@@ -290,9 +292,12 @@ def cuda_scan_available() -> bool:
 
 
 def choose_scan(name: str, device: torch.device) -> str:
-    """Resolve 'auto' to a concrete scan name for a device; other names pass through."""
+    """Resolve 'auto' to a concrete scan name for a device: on CUDA mamba_ssm's kernel when it imports, else
+    the Triton kernels when triton imports, else chunked_ckpt; on the CPU chunked_ckpt. Others pass through."""
     if name != "auto":
         return name
     if device.type == "cuda" and _mamba_selective_scan_fn is not None:
         return "cuda"
+    if device.type == "cuda" and triton_available():
+        return "triton"
     return "chunked_ckpt"

@@ -21,7 +21,8 @@ def profile_settings(args: argparse.Namespace, device: str, **fixed):
     from bench.profiling.workload import ProfileSettings
 
     values = {"batch": args.batch, "seconds": args.seconds, "dtype": args.dtype, "budget_gb": args.budget_gb,
-              "lengths": args.lengths or (), "repeats": args.repeats, "rss": not args.no_rss} | fixed
+              "lengths": args.lengths or (), "repeats": args.repeats, "rss": not args.no_rss,
+              "ops_only": getattr(args, "ops_only", False)} | fixed
     return ProfileSettings(device=device, **values)
 
 
@@ -100,7 +101,7 @@ def _compare(args: argparse.Namespace, settings, overrides: dict) -> str:
     if args.format == "json":
         return json.dumps(rows, indent=2)
     columns = ["variant", "scan", "chunk", "infer_step_s", "train_step_s", "rtf_infer", "rtf_train",
-               "peak_mem_train_mib"]
+               "peak_mem_train_mib", "ops_train_step"]
     head = f"device: {device_name(settings.device)}, batch {settings.batch}, {settings.seconds} s, median of "
     head += f"{settings.repeats} after {settings.warmup} warm-up; each row in a fresh process\n"
     return head + format_table(rows, columns, columns[2:])
@@ -164,6 +165,12 @@ def add_profile_flags(p: argparse.ArgumentParser, batch: int = 6, seconds: float
     p.add_argument("--no-rss", action="store_true", help="skip the fresh-process peak RSS measurement")
 
 
+def add_ops_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--ops-only", action="store_true",
+                   help="parameters, MACs and the ops one step dispatches, nothing timed: counts a scan=triton "
+                        "step on a machine without CUDA (its kernels counted, not run)")
+
+
 def add_measure_commands(sub) -> None:
     """Register profile and scan."""
     p = add_command(sub, "profile", "params, MACs, peak memory, max batch, throughput; logged to MLflow",
@@ -180,6 +187,7 @@ def add_measure_commands(sub) -> None:
                             "original, optimized, optimized_a, bsrnn, or VARIANT")
     add_set(p)
     add_profile_flags(p)
+    add_ops_flag(p)
     add_device(p)
     p.add_argument("--scans", type=names, help="--compare: comma-separated scans (default: every available one)")
     p.add_argument("--chunks", type=comma_list(int, 1), help="--compare: chunk sizes, e.g. 16,32,64,128 "

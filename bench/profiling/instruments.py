@@ -123,3 +123,20 @@ def cuda_peak_bytes(fn: Callable[[], Any], device: str = "cuda") -> int:
     fn()
     synchronize(device)
     return torch.cuda.max_memory_allocated(device)
+
+
+class OpCounter(TorchDispatchMode):
+    """Aten ops dispatched while active, forward and backward: on a GPU each is at least one kernel launch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: dict[str, int] = {}
+
+    @property
+    def total(self) -> int:
+        return sum(self.ops.values())
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func.__name__
+        self.ops[name] = self.ops.get(name, 0) + 1
+        return func(*args, **(kwargs or {}))

@@ -13,12 +13,14 @@ from bench.interrupts import ignore_interrupts
 from bench.profiling.instruments import MIB
 from bench.profiling.macs import count_macs
 from bench.profiling.memory import MemoryCurve, max_batch_cuda, max_batch_predicted
+from bench.profiling.ops import count_ops
 from bench.profiling.rss import try_peak_rss
 from bench.profiling.timing import throughput
 from bench.profiling.workload import ProfileSettings, measured_model
 from variants.config import ModelConfig
 from variants.errors import MbsbenchError
 from variants.registry import build_config
+from variants.scan_triton import counting_only
 
 COMPARE_VARIANTS = ("original", "optimized", "optimized_a", "bsrnn")
 
@@ -57,6 +59,10 @@ def profile_variant(name: str, cfg: ModelConfig, settings: ProfileSettings) -> d
     out: dict = {"variant": name, **asdict(s), "device": device_name(s.device), "threads": torch.get_num_threads()}
     out["params"] = sum(p.numel() for p in model.parameters())
     out["params_m"] = out["params"] / 1e6
+    if s.ops_only:  # what needs no kernel to run: a Triton scan's op counts on a machine without CUDA
+        with counting_only():
+            out |= count_macs(model, cfg, s.seconds, s.device)
+        return out | count_ops(model, cfg, s, "train") | count_ops(model, cfg, s, "infer") | {"status": "ok"}
     out |= count_macs(model, cfg, s.seconds, s.device)
     memory, fitted = _memory_figures(model, cfg, s)
     out |= memory
@@ -65,7 +71,7 @@ def profile_variant(name: str, cfg: ModelConfig, settings: ProfileSettings) -> d
             out[f"peak_rss_{mode}_mib"] = try_peak_rss(cfg, s, mode) if mode in fitted else None
     for mode in ("infer", "train"):
         if mode in fitted:
-            out |= throughput(model, cfg, s, mode)
+            out |= count_ops(model, cfg, s, mode) | throughput(model, cfg, s, mode)
     return out
 
 
@@ -124,4 +130,4 @@ def _compare_row(cfg: ModelConfig, settings: ProfileSettings) -> dict[str, float
     point = MemoryCurve(model, cfg, settings).measure(settings.batch, settings.seconds, "train")
     peak = point["peak_bytes"] / MIB if point["status"] == "ok" else None
     row = throughput(model, cfg, settings, "infer") | throughput(model, cfg, settings, "train")
-    return row | {"peak_mem_train_mib": peak}
+    return row | {"peak_mem_train_mib": peak} | count_ops(model, cfg, settings, "train")

@@ -9,6 +9,7 @@ from torch import Tensor
 from bench.profiling.instruments import MIB, LiveTensorPeak, SavedTensorBytes, time_call
 from variants.registry import lookup
 from variants.scan import INDEXED_LOOPS, SCANS, cuda_scan_available, selective_scan_ref
+from variants.scan_triton import triton_available
 
 FRAMES_2S = 251  # 2 s at hop 128, centered STFT
 
@@ -50,9 +51,11 @@ BENCH_SCANS: dict[str, Callable] = {**INDEXED_LOOPS, **SCANS}
 
 def available_scans(device: str) -> list[str]:
     """Scan names that can run on this device: the reference's indexed loops, ours, cuda where it can."""
-    names = [n for n in BENCH_SCANS if n not in ("cuda", "auto")]
+    names = [n for n in BENCH_SCANS if n not in ("cuda", "triton", "auto")]
     if torch.device(device).type == "cuda" and cuda_scan_available():
         names.append("cuda")
+    if torch.device(device).type == "cuda" and triton_available():
+        names.append("triton")
     return names
 
 

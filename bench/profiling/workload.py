@@ -27,6 +27,7 @@ class ProfileSettings:
     repeats: int = 3
     warmup: int = 1
     rss: bool = True
+    ops_only: bool = False  # parameters, MACs and op counts only (no step is timed or measured)
 
     def __post_init__(self) -> None:
         if self.batch < 1:
@@ -96,7 +97,7 @@ def make_workload(model: nn.Module, cfg: ModelConfig, batch: int, seconds: float
     model.train()
     for p in model.parameters():
         p.grad = None
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-9)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-9, foreach=True)  # as the trainer's
     wav = torch.randn(batch, samples(cfg, seconds), device=device) * 0.1
     return Workload(model, optimizer, wav, dtype)
 

@@ -41,12 +41,13 @@ PROFILE_FIGURES: tuple[str, ...] = (
     "triton_launches_train_step", "triton_launches_infer_step",
 )
 PROFILE_CONDITIONS: tuple[str, ...] = (
-    "device", "batch", "seconds", "dtype", "budget_gb", "repeats", "warmup", "threads", "max_batch_method",
+    "device", "batch", "seconds", "dtype", "budget_gb", "repeats", "warmup", "threads", "max_batch_method", "ops_only",
 )
 # the columns of the profile table printed by `bench profile` and `bench ablate --profile-only`
 PROFILE_COLUMNS: tuple[str, ...] = (
     "variant", "params", "macs_g_per_s", "scan_macs_g_per_s", "peak_mem_train_mib", "peak_mem_infer_mib",
-    "peak_rss_train_mib", "max_batch_train", "infer_step_s", "train_step_s", "rtf_infer", "ops_train_step", "status",
+    "peak_rss_train_mib", "max_batch_train", "infer_step_s", "train_step_s", "rtf_infer", "ops_train_step",
+    "ops_infer_step", "triton_launches_train_step", "status",
 )
 # the columns of the `bench run` / `bench ablate` summary
 RUN_COLUMNS: tuple[str, ...] = (

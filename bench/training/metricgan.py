@@ -41,7 +41,7 @@ class MetricGAN:
             torch.manual_seed(int(torch.randint(2**31, (1,), generator=generator)))
             self.module = Discriminator().to(device)
         self.net = wrap(self.module) if wrap is not None else self.module
-        self.optimizer = torch.optim.AdamW(self.module.parameters(), lr=2 * lr)
+        self.optimizer = torch.optim.AdamW(self.module.parameters(), lr=2 * lr, foreach=True)
         self.cfg, self.seed, self.device = cfg, seed, device
         self.pool = PesqPool(workers)
         self.last: dict[str, float] = {}

@@ -1,0 +1,262 @@
+"""`python -m bench.doctor`: every CUDA path of mbsbench checked on a GPU machine in a few minutes.
+
+Imports only torch and numpy (a lent GPU machine has no registry access: no mlflow, pesq, pystoi or
+soundfile). Writes one JSON and prints one table. Without CUDA, --dry-run exercises every path that
+does not need it (on tiny shapes) and lists the CUDA checks it skipped.
+
+Checks: versions; every scan against the float64 oracle (output and all gradients); the CUDA peak
+memory instrument on a known allocation; the max-batch bisection on real OOMs under an emulated
+12 GB card; profile rows of original, optimized and bsrnn at batch 6, 2 s with each available scan
+(peak memory, step times, RTF, ops); whether original trains at batch 6, 2 s in 12 GB with
+chunked_ckpt + checkpoint_blocks, and with triton (the reference ran out of memory at batch 2).
+"""
+
+import json
+import platform
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from bench.profiling.instruments import MIB, LiveTensorPeak, cuda_peak_bytes
+from bench.profiling.workload import ProfileSettings, make_workload, measured_model
+from variants.registry import build_config
+from variants.scan import SCANS, cuda_scan_available, selective_scan_ref
+from variants.scan_triton import interpreted, triton_available
+
+CARD_GB = 12.0  # the reference's GPU
+VARIANTS = ("original", "optimized", "bsrnn")
+ORACLE_TOL = 1e-4  # float32 against float64, relative to the largest value
+
+
+@dataclass
+class Report:
+    """Every check's rows, and what was skipped and why."""
+
+    mode: str
+    rows: list[dict] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    started: float = field(default_factory=time.monotonic)
+
+    def add(self, check: str, **values) -> None:
+        self.rows.append({"check": check} | values)
+
+    def to_dict(self) -> dict:
+        return {"mode": self.mode, "seconds": round(time.monotonic() - self.started, 1), "rows": self.rows,
+                "skipped": self.skipped}
+
+
+def versions() -> dict[str, str]:
+    import numpy
+
+    out = {"python": platform.python_version(), "torch": torch.__version__, "numpy": numpy.__version__,
+           "cuda": str(torch.version.cuda), "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else
+           "none", "triton": "not installed", "mamba_ssm": "importable" if cuda_scan_available() else "absent"}
+    if triton_available():
+        import triton
+
+        out["triton"] = triton.__version__
+    return out
+
+
+def available_scans(device: str) -> list[str]:
+    """The scans that run here: the pure-torch ones, triton (CUDA, or the interpreter), mamba_ssm's kernel."""
+    names = ["naive", "chunked", "chunked_ckpt"]
+    if triton_available() and (device == "cuda" or interpreted()):
+        names.append("triton")
+    if device == "cuda" and cuda_scan_available():
+        names.append("cuda")
+    return names
+
+
+def _oracle_inputs(b: int, length: int, d: int, n: int, h0: bool) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(length)
+    u = torch.randn(b, length, d, generator=g, dtype=torch.float64)
+    delta = torch.nn.functional.softplus(torch.randn(b, length, d, generator=g, dtype=torch.float64) - 1.0)
+    A = -(torch.rand(d, n, generator=g, dtype=torch.float64) * 3 + 0.1)
+    B, C = (torch.randn(b, length, n, generator=g, dtype=torch.float64) for _ in range(2))
+    D = torch.randn(d, generator=g, dtype=torch.float64)
+    extra = [torch.randn(b, d, n, generator=g, dtype=torch.float64)] if h0 else []
+    return [t.requires_grad_() for t in (u, delta, A, B, C, D, *extra)]
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a.double().cpu() - b).abs().max() / b.abs().max().clamp_min(1e-30)).item()
+
+
+def check_scans(report: Report, device: str, shapes: list[tuple[int, int, int, int]]) -> None:
+    """Every scan in float32 on the device against the float64 sequential loop: output and every gradient."""
+    for b, length, d, n in shapes:
+        for name in available_scans(device):
+            h0 = name != "cuda"  # mamba_ssm's kernel takes no initial state
+            ref_in = _oracle_inputs(b, length, d, n, h0)
+            y_ref = selective_scan_ref(*ref_in)
+            gy = torch.randn_like(y_ref)
+            grads_ref = torch.autograd.grad(y_ref, ref_in, gy)
+            inputs = [t.detach().float().to(device).requires_grad_() for t in ref_in]
+            y = SCANS[name](*inputs, chunk_size=32)
+            grads = torch.autograd.grad(y, inputs, gy.float().to(device))
+            err = max([_rel(y, y_ref.detach())] + [_rel(g, r) for g, r in zip(grads, grads_ref)])
+            report.add("scan vs float64", scan=name, shape=f"b{b} l{length} d{d} n{n}", max_rel_err=err,
+                       ok=err < ORACLE_TOL)
+
+
+def check_memory_instrument(report: Report, device: str) -> None:
+    """The peak instrument sees a known 256 MiB allocation (CUDA allocator peak, or live tensor bytes)."""
+    size = 256 * MIB
+
+    def allocate() -> None:
+        block = torch.empty(size // 4, dtype=torch.float32, device=device)
+        block.fill_(1.0)
+
+    if device == "cuda":
+        measured = cuda_peak_bytes(allocate, device)
+    else:
+        with LiveTensorPeak() as live:
+            allocate()
+        measured = live.peak_bytes
+    report.add("peak memory instrument", expected_mib=size / MIB, measured_mib=measured / MIB,
+               ok=abs(measured - size) <= 0.05 * size)
+
+
+def check_max_batch(report: Report, device: str) -> None:
+    """The bisection on real OOMs under an emulated 12 GB card (optimized, 2 s crops)."""
+    from bench.profiling.memory import max_batch_cuda
+
+    cfg = build_config("optimized", scan="chunked_ckpt")
+    settings = ProfileSettings(batch=1, seconds=2.0, device=device, rss=False)
+    found = max_batch_cuda(measured_model(cfg, device), cfg, settings, CARD_GB * 2**30)
+    report.add("max batch in 12 GB (bisection on real OOMs)", variant="optimized", max_batch=found, ok=found >= 1)
+
+
+def profile_rows(report: Report, device: str, batch: int, seconds: float, repeats: int) -> None:
+    """Peak memory, step times, RTF and ops of each variant with each available scan."""
+    from bench.profiling.memory import MemoryCurve
+    from bench.profiling.ops import count_ops
+    from bench.profiling.timing import throughput
+
+    settings = ProfileSettings(batch=batch, seconds=seconds, device=device, repeats=repeats, rss=False)
+    runnable = [s for s in available_scans(device) if device == "cuda" or s != "triton"]  # not the interpreter
+    for variant in VARIANTS:
+        scans = runnable if variant != "bsrnn" else ["-"]
+        for scan in scans:
+            cfg = build_config(variant, **({"scan": scan} if scan != "-" else {}))
+            model = measured_model(cfg, device)
+            row = {"variant": variant, "scan": scan, "batch": batch, "seconds": seconds}
+            curve = MemoryCurve(model, cfg, settings)
+            for mode in ("train", "infer"):
+                point = curve.measure(batch, seconds, mode)
+                row[f"peak_{mode}_mib"] = point["peak_bytes"] / MIB if point["status"] == "ok" else point["reason"]
+                if point["status"] == "ok":
+                    row |= throughput(model, cfg, settings, mode) | count_ops(model, cfg, settings, mode)
+            report.add("profile", **{k: v for k, v in row.items() if not k.endswith(("_min_s", "_max_s"))})
+            del model
+            if device == "cuda":
+                torch.cuda.empty_cache()
+
+
+def triton_ops(report: Report) -> None:
+    """Ops of a training step at batch 1, 2 s with scan=triton, its kernels counted without being run."""
+    from bench.profiling.ops import count_ops
+    from variants.scan_triton import counting_only
+
+    settings = ProfileSettings(batch=1, seconds=2.0, rss=False)
+    for variant, goal in (("original", 5000), ("optimized", 2000)):
+        cfg = build_config(variant, scan="triton")
+        with counting_only():
+            ops = count_ops(measured_model(cfg, "cpu"), cfg, settings, "train")
+        report.add("ops of a training step, scan=triton (counted)", variant=variant, **ops, goal=goal,
+                   ok=ops["ops_train_step"] <= goal)
+
+
+def fits_in_card(report: Report, device: str) -> None:
+    """Does original train at batch 6, 2 s within 12 GB (chunked_ckpt + checkpoint_blocks; triton)?"""
+    from bench.profiling.memory import is_oom, release
+
+    total = torch.cuda.get_device_properties(0).total_memory
+    candidates = {"chunked_ckpt + checkpoint_blocks": {"scan": "chunked_ckpt", "checkpoint_blocks": True}}
+    if triton_available():
+        candidates["triton"] = {"scan": "triton"}
+        candidates["triton + checkpoint_blocks"] = {"scan": "triton", "checkpoint_blocks": True}
+    torch.cuda.set_per_process_memory_fraction(min(CARD_GB * 2**30 / total, 1.0), 0)
+    try:
+        for label, fields in candidates.items():
+            cfg = build_config("original", **fields)
+            try:
+                work = make_workload(measured_model(cfg, device), cfg, 6, 2.0, device, "float32")
+                peak = cuda_peak_bytes(work.train, device)
+                report.add("original, batch 6, 2 s, in 12 GB", setup=label, fits=True, peak_mib=peak / MIB)
+            except (RuntimeError, MemoryError) as err:
+                if not is_oom(err):
+                    raise
+                report.add("original, batch 6, 2 s, in 12 GB", setup=label, fits=False,
+                           reason=str(err).splitlines()[0][:120])
+            finally:
+                work = None
+                release(device)
+    finally:
+        torch.cuda.set_per_process_memory_fraction(1.0, 0)
+
+
+def run(dry: bool) -> Report:
+    """Every check (dry: the CPU-side ones on tiny shapes, the CUDA ones named as skipped)."""
+    cuda = torch.cuda.is_available() and not dry
+    device = "cuda" if cuda else "cpu"
+    report = Report("cuda" if cuda else "dry run (cpu)")
+    report.add("versions", **versions())
+    shapes = [(31, 251, 128, 12), (8, 251, 256, 16), (251, 31, 256, 16)] if cuda else [(2, 37, 6, 4)]
+    check_scans(report, device, shapes)
+    check_memory_instrument(report, device)
+    if cuda:
+        check_max_batch(report, device)
+        profile_rows(report, device, 6, 2.0, 2)
+        fits_in_card(report, device)
+    else:
+        profile_rows(report, device, 1, 0.1, 1)
+        triton_ops(report)
+        report.skipped += [
+            "scans vs float64 on CUDA at the models' shapes (checked here on the CPU, tiny shapes)",
+            "the CUDA allocator's peak memory (the live-tensor instrument was checked instead)",
+            "max batch in 12 GB by bisection on real CUDA OOMs",
+            "profile rows at batch 6, 2 s on the GPU (done here at batch 1, 0.1 s on the CPU)",
+            "whether original trains at batch 6, 2 s within 12 GB",
+        ]
+        if "triton" not in available_scans("cpu"):
+            report.skipped.append("scan=triton (needs CUDA, or TRITON_INTERPRET=1 and triton on the CPU)")
+        else:
+            report.skipped.append("profile rows of scan=triton (the interpreter runs its oracle check only)")
+    return report
+
+
+PROFILE_COLUMNS = ["variant", "scan", "peak_train_mib", "peak_infer_mib", "train_step_s", "infer_step_s",
+                   "rtf_infer", "ops_train_step", "ops_infer_step", "triton_launches_train_step"]
+
+
+def table(report: Report) -> str:
+    """The report as one table per kind of check (every row, its figures, ok / fits where it has one)."""
+    from bench.text import format_table
+
+    lines = [f"mbsbench doctor: {report.mode}, {time.monotonic() - report.started:.0f} s"]
+    for check in dict.fromkeys(row["check"] for row in report.rows):
+        rows = [row for row in report.rows if row["check"] == check]
+        columns = PROFILE_COLUMNS if check == "profile" else list(dict.fromkeys(k for r in rows for k in r))[1:]
+        lines += ["", check, format_table(rows, columns, right=[c for c in columns if c not in ("variant", "scan")])]
+    lines += [""] + [f"skipped: {item}" for item in report.skipped]
+    return "\n".join(lines)
+
+
+def write(report: Report, path: Path) -> None:
+    path.write_text(json.dumps(report.to_dict(), indent=2, default=str))
+
+
+def failed(report: Report) -> list[dict]:
+    return [row for row in report.rows if row.get("ok") is False]
+
+
+if __name__ == "__main__":
+    from bench.cli.doctor import main
+
+    sys.exit(main())
+
