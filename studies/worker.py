@@ -22,6 +22,7 @@ from studies.storage import Heartbeat, StorageSettings, requeue, stable_enough, 
 from studies.trials import trial_function
 
 INTERRUPTED = "interrupted"
+POLL_S = 2  # seconds between looks at the queue while other workers' trials run
 
 
 @dataclass
@@ -105,7 +106,7 @@ def work(name: str, storage: StorageSettings, device: str, max_trials: int | Non
             trial = next_trial(study, spec)
         if trial is None:
             if spec.sampler == "grid" and not storage.is_journal and others_running(study):
-                time.sleep(storage.heartbeat_s)  # a running trial may go stale and come back to the queue
+                time.sleep(min(storage.heartbeat_s, POLL_S))  # a running trial may go stale and come back
                 continue
             break
         report.add(run_trial(study, trial, run, storage), trial.number)

@@ -104,3 +104,22 @@ def test_quiet_leaves_stderr_empty(tmp_path: Path) -> None:
     assert loud.returncode == quiet.returncode == 0
     assert "profiling optimized" in loud.stderr and quiet.stderr == ""
     assert quiet.stdout.splitlines()[3].split()[0] == "optimized"  # the conditions line, header, rule, row
+
+
+def test_one_ci_and_one_ablation_naming_rule() -> None:
+    """Defect 5: the per-utterance summary and the reports compute the same CI; the CLI's ablation and the
+    reports' ablation table name the variants by the registry's one rule."""
+    import pandas as pd
+
+    from bench.quality.metrics import summarize
+    from bench.quality.stats import mean_ci
+    from variants.registry import CHANGES, single_change_names
+
+    values = pd.Series([3.1, 2.7, float("nan"), 3.4, 2.9])
+    row = summarize(pd.DataFrame({"pesq_wb": values})).iloc[0]
+    assert (row["mean"], row["ci95"], row["n_scored"]) == mean_ci(values)
+    assert single_change_names("original") == [f"original+{c}" for c in CHANGES]
+    assert single_change_names("optimized", ["expand1"]) == ["optimized-expand1"]
+    for module in ("reports/tables.py", "bench/cli/run.py"):
+        assert "single_change_names" in (ROOT / module).read_text()
+    assert "student_t" not in (ROOT / "reports" / "collect.py").read_text()
