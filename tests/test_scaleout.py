@@ -69,10 +69,11 @@ def test_two_machines_create_once_and_two_workers_drain_the_grid(postgres, tmp_p
 
 
 def wait_running(url: str, name: str, timeout: float = 120) -> optuna.trial.FrozenTrial:
+    """The first trial inside its objective (RUNNING with its point suggested, not merely started)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            running = [t for t in trials_of(url, name) if t.state.name == "RUNNING"]
+            running = [t for t in trials_of(url, name) if t.state.name == "RUNNING" and t.params]
         except KeyError:  # the study is not created yet
             running = []
         if running:
@@ -95,7 +96,8 @@ def test_a_killed_worker_is_retried_after_its_grace(postgres, tmp_path: Path) ->
     lost = trials[victim.number]
     retry = next(t for t in trials if t.system_attrs.get("failed_trial") == victim.number)
     assert lost.state.name == "FAIL" and retry.state.name == "COMPLETE"
-    assert retry.params == lost.params and retry.datetime_start.timestamp() > lost.datetime_start.timestamp() + 3
+    assert retry.params == lost.params == lost.system_attrs["fixed_params"]
+    assert retry.datetime_start.timestamp() > lost.datetime_start.timestamp() + 3
     assert completed_points(trials) == [4, 8, 12, 16, 24, 32]  # no point lost, none twice
     assert time.monotonic() - killed_at > 3  # the retry waited for the grace period
 
