@@ -48,6 +48,20 @@ def test_total_on_real_device_matches_meta() -> None:
     assert n_params(build_config_model("optimized")) == 2_139_920
 
 
+@pytest.mark.parametrize("name", ["original", "optimized_a", "bsrnn", "original+mask_decoder", "optimized-band_mlp"])
+def test_counting_without_weight_fills_matches_a_built_model(name: str) -> None:
+    """count_params skips the init fills (values are never read): the count is still the built model's."""
+    from variants.registry import _count_params
+
+    torch.manual_seed(0)
+    model = build_config_model(name)
+    _count_params.cache_clear()
+    assert count_params(resolve(name)) == n_params(model)
+    torch.manual_seed(0)
+    again = build_config_model(name)  # the fills run again outside the count
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), again.parameters(), strict=True))
+
+
 def build_config_model(name: str) -> nn.Module:
     from variants.registry import build
 

@@ -184,8 +184,29 @@ def count_params(cfg: ModelConfig) -> int:
 @lru_cache(maxsize=256)
 def _count_params(cfg: ModelConfig) -> int:
     # built on the CPU: the meta device costs more here (2.9 s vs 0.9 s for the 19 registered shapes, most of
-    # it importing torch's Python meta kernels), and the largest registered model's weights are 29 MB
-    return sum(p.numel() for p in build_model(cfg).parameters())
+    # it importing torch's Python meta kernels), and the largest registered model's weights are 29 MB; the
+    # values are never read, so filling them (1 s of a cold `bench list`) is skipped
+    with _weights_left_unfilled():
+        return sum(p.numel() for p in build_model(cfg).parameters())
+
+
+def _weights_left_unfilled():
+    """A torch function mode in which the in-place fills of weight init (uniform_, normal_, ...) do nothing."""
+    from torch.overrides import TorchFunctionMode
+
+    class WeightsLeftUnfilled(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            if getattr(func, "__name__", "") in _WEIGHT_FILLS:
+                return args[0] if args else kwargs["tensor"]  # torch.nn.init passes the tensor by keyword
+            return func(*args, **kwargs)
+
+    return WeightsLeftUnfilled()
+
+
+_WEIGHT_FILLS = frozenset({"uniform_", "normal_", "trunc_normal_", "kaiming_uniform_", "kaiming_normal_",
+                           "xavier_uniform_", "xavier_normal_", "orthogonal_", "constant_", "zeros_",
+                           "ones_", "fill_", "zero_", "copy_", "exp_", "log_", "clamp_"})
 
 
 def single_change_names(base: str, changes: list[str] | None = None) -> list[str]:
