@@ -13,9 +13,10 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("bench", "studies", "reports", "variants")
-# parameters a signature imposes: the scan table's common signature, torch's dispatch protocol
+# parameters a signature imposes: the scan table's common signature, torch's dispatch and function-mode protocols
 IMPOSED = {("selective_scan_ref", "chunk_size"), ("selective_scan_naive", "chunk_size"),
-           ("selective_scan_cuda", "chunk_size"), ("__torch_dispatch__", "types")}
+           ("selective_scan_cuda", "chunk_size"), ("__torch_dispatch__", "types"),
+           ("__torch_function__", "types")}
 
 
 def sources(*packages: str) -> list[Path]:
