@@ -1,6 +1,5 @@
 """Peak resident set of one step, measured in a fresh process (this module is also that process)."""
 
-import argparse
 import json
 import resource
 import subprocess
@@ -13,10 +12,9 @@ from variants.config import ModelConfig
 
 def peak_rss_subprocess(cfg: ModelConfig, settings: ProfileSettings, mode: str) -> float:
     """Peak resident set (MiB) of a fresh process that builds the model and runs one step."""
-    command = [
-        sys.executable, "-m", "bench.profiling.rss", "--config", json.dumps(cfg.to_dict()), "--mode", mode,
-        "--batch", str(settings.batch), "--seconds", str(settings.seconds), "--dtype", settings.dtype,
-    ]
+    probe = {"config": cfg.to_dict(), "mode": mode, "batch": settings.batch, "seconds": settings.seconds,
+             "dtype": settings.dtype}
+    command = [sys.executable, "-m", "bench.profiling.rss", json.dumps(probe)]
     proc = subprocess.run(command, capture_output=True, text=True, timeout=3600)
     if proc.returncode != 0:
         last = (proc.stderr.strip().splitlines() or ["killed"])[-1]
@@ -43,24 +41,18 @@ def peak_rss_mib() -> float:
 
 
 def main() -> None:
-    """The probe: build the model from a config, run one step, print the peak RSS as JSON."""
+    """The probe: build the model from the JSON in argv[1], run one step, print the peak RSS as JSON."""
     import torch
 
     from bench.profiling.workload import make_workload
     from variants.registry import build_model
 
-    parser = argparse.ArgumentParser(prog="python -m bench.profiling.rss")
-    parser.add_argument("--config", required=True, help="ModelConfig fields as JSON")
-    parser.add_argument("--mode", choices=("train", "infer"), required=True)
-    parser.add_argument("--batch", type=int, required=True)
-    parser.add_argument("--seconds", type=float, required=True)
-    parser.add_argument("--dtype", default="float32")
-    args = parser.parse_args()
-    cfg = ModelConfig.from_dict(json.loads(args.config))
+    probe = json.loads(sys.argv[1])  # written by peak_rss_subprocess: an internal process, not a user CLI
+    cfg = ModelConfig.from_dict(probe["config"])
     torch.manual_seed(0)
-    work = make_workload(build_model(cfg), cfg, args.batch, args.seconds, "cpu", args.dtype)
+    work = make_workload(build_model(cfg), cfg, probe["batch"], probe["seconds"], "cpu", probe["dtype"])
     before = peak_rss_mib()
-    work.step(args.mode)()
+    work.step(probe["mode"])()
     print(json.dumps({"peak_rss_mib": peak_rss_mib(), "rss_before_steps_mib": before}))
 
 
