@@ -11,6 +11,7 @@ from bench.cli.common import (
     at_least,
     non_negative_int,
     positive_int,
+    tracking_uri,
 )
 from bench.cli.shell import make_root, run_main
 from studies.objectives import SEARCH_OBJECTIVES
@@ -47,7 +48,6 @@ def study_spec(args: argparse.Namespace):
     """The spec a create or search command describes, checked against ModelConfig before anything is made."""
     from dataclasses import replace
 
-    from bench.cli.measure import tracking_uri
     from studies.objectives import ObjectiveSettings
     from studies.space import check_space, parse_space
     from studies.spec import StudySpec, default_sampler
@@ -82,11 +82,7 @@ def cmd_work(args: argparse.Namespace) -> str:
     from bench.devices import resolve_device
     from studies.worker import work
 
-    tracking = None
-    if args.tracking_uri:
-        from bench.cli.measure import tracking_uri
-
-        tracking = tracking_uri(args)
+    tracking = tracking_uri(args) if args.tracking_uri else None
     from bench.interrupts import interrupt_once
 
     report = work(args.name, storage_settings(args), resolve_device(args.device), args.max_trials, Path(args.out),

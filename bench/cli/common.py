@@ -9,6 +9,7 @@ import math
 from collections.abc import Callable
 
 DEVICE_HELP = "cpu, cuda, cuda:N or auto (default auto: CUDA when present, else the CPU)"
+DATA_HELP = "synth, synth:SEED, synth:seed=N,train=N,val=N,test=N, vbd:PATH or paired:CLEAN_DIR,NOISY_DIR"
 
 
 def _bad(text: str, expected: str) -> argparse.ArgumentTypeError:
@@ -100,6 +101,22 @@ def add_tracking(parser: argparse.ArgumentParser, optional: bool = True) -> None
                                                "(default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
     if optional:
         parser.add_argument("--no-track", action="store_true", help="do not log to MLflow")
+
+
+def add_workers(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--workers", type=non_negative_int, default=0,
+                   help="metric processes (default 0: one per core)")
+
+
+def tracking_uri(args: argparse.Namespace) -> str | None:
+    """The checked tracking URI, or None with --no-track: checked before any work starts."""
+    if getattr(args, "no_track", False):
+        return None
+    from bench.tracking.store import client, resolve_uri
+
+    uri = resolve_uri(args.tracking_uri)
+    client(uri)  # reachable and usable (schema in place), or a one-line error now
+    return uri
 
 
 def add_format(parser: argparse.ArgumentParser, choices: tuple[str, ...] = ("table", "json")) -> None:

@@ -13,6 +13,7 @@ from bench.cli.common import (
     comma_list,
     names,
     positive_int,
+    tracking_uri,
 )
 
 
@@ -24,17 +25,6 @@ def profile_settings(args: argparse.Namespace, device: str, **fixed):
               "lengths": args.lengths or (), "repeats": args.repeats, "rss": not args.no_rss,
               "ops_only": getattr(args, "ops_only", False)} | fixed
     return ProfileSettings(device=device, **values)
-
-
-def tracking_uri(args: argparse.Namespace) -> str | None:
-    """The checked tracking URI, or None with --no-track: checked before any work starts."""
-    if getattr(args, "no_track", False):
-        return None
-    from bench.tracking.store import client, resolve_uri
-
-    uri = resolve_uri(args.tracking_uri)
-    client(uri)  # reachable and usable (schema in place), or a one-line error now
-    return uri
 
 
 def profile_table(rows: list[dict], settings) -> str:

@@ -3,10 +3,16 @@
 import argparse
 import json
 
-from bench.cli.common import add_command, add_device, add_format, add_set, add_tracking, non_negative_int
-from bench.cli.measure import tracking_uri
-
-DATA_HELP = "synth, synth:SEED, synth:seed=N,train=N,val=N,test=N, vbd:PATH or paired:CLEAN_DIR,NOISY_DIR"
+from bench.cli.common import (
+    DATA_HELP,
+    add_command,
+    add_device,
+    add_format,
+    add_set,
+    add_tracking,
+    add_workers,
+    tracking_uri,
+)
 
 
 def cmd_data_check(args: argparse.Namespace) -> str:
@@ -87,11 +93,6 @@ def cmd_metrics(args: argparse.Namespace) -> str:
     if args.format == "json":
         return json.dumps(scores, indent=2)
     return format_table([{"metric": k, "value": v} for k, v in scores.items()], ["metric", "value"], ["value"])
-
-
-def add_workers(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--workers", type=non_negative_int, default=0,
-                   help="metric processes (default 0: one per core)")
 
 
 def add_quality_commands(sub) -> None:

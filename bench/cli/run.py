@@ -4,18 +4,20 @@ import argparse
 import json
 
 from bench.cli.common import (
+    DATA_HELP,
     above,
     add_command,
     add_device,
     add_format,
     add_set,
     add_tracking,
+    add_workers,
     comma_list,
     names,
     positive_int,
+    tracking_uri,
 )
-from bench.cli.measure import profile_named, tracking_uri
-from bench.cli.quality import DATA_HELP, add_workers
+from bench.cli.measure import profile_named
 from variants.config import CHOICES
 
 SCAN_CHOICES = (*CHOICES["scan"], "keep")
