@@ -22,6 +22,7 @@ import torch
 
 from bench.profiling.instruments import MIB, LiveTensorPeak, cuda_peak_bytes
 from bench.profiling.workload import ProfileSettings, make_workload, measured_model
+from variants.errors import first_line
 from variants.registry import build_config
 from variants.scan import SCANS, cuda_scan_available, selective_scan_ref
 from variants.scan_triton import interpreted, triton_available
@@ -192,7 +193,7 @@ def fits_in_card(report: Report, device: str) -> None:
                 if not is_oom(err):
                     raise
                 report.add("original, batch 6, 2 s, in 12 GB", setup=label, fits=False,
-                           reason=str(err).splitlines()[0][:120])
+                           reason=first_line(err, 120))
             finally:
                 work = None
                 release(device)

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from variants.errors import MbsbenchError
+from variants.errors import MbsbenchError, error_line
 
 DEFAULT_STORAGE = "studies.log"  # an Optuna journal file in the working directory
 
@@ -98,7 +98,7 @@ def make_storage(settings: StorageSettings | str):
         raise MbsbenchError(f"--storage {settings.url}: no database driver ({err}); pip install -e '.[postgres]'"
                             " installs psycopg 3") from None
     except Exception as err:  # sqlalchemy raises many kinds for a bad or unreachable URL
-        message = f"--storage {settings.url}: unreachable ({type(err).__name__}: {str(err).splitlines()[0][:120]})"
+        message = f"--storage {settings.url}: unreachable ({error_line(err, 120)})"
         raise MbsbenchError(message) from None
 
 

@@ -20,6 +20,7 @@ from studies.queue import load_study
 from studies.spec import StudySpec
 from studies.storage import Heartbeat, StorageSettings, requeue, stable_enough, study_lock
 from studies.trials import trial_function
+from variants.errors import error_line
 
 INTERRUPTED = "interrupted"
 POLL_S = 2  # seconds between looks at the queue while other workers' trials run
@@ -141,7 +142,7 @@ def run_trial(study, trial, run, storage: StorageSettings) -> str:
             add_kept(err, f"trial {trial.number} of study {study.study_name!r} marked interrupted and queued again")
             raise
         except (RuntimeError, MemoryError, ValueError) as err:  # a failure is a result, recorded; the study goes on
-            return _fail(study, trial, f"{type(err).__name__}: {str(err).splitlines()[0][:400] if str(err) else ''}")
+            return _fail(study, trial, error_line(err, 400))
     study.tell(trial, list(values))
     return "COMPLETE"
 

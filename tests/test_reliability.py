@@ -315,3 +315,11 @@ def test_metrics_warns_when_it_cuts(tmp_path: Path) -> None:
     proc = cli("metrics", "--clean", str(tmp_path / "a.wav"), "--enhanced", str(tmp_path / "b.wav"), "-q")
     assert proc.returncode == 0 and proc.stderr.count("\n") == 1
     assert proc.stderr.startswith("warning: ") and "16000 samples" in proc.stderr and "first 12000" in proc.stderr
+
+
+def test_caught_errors_are_reported_in_one_line_even_without_a_message() -> None:
+    from variants.errors import error_line, first_line
+
+    assert error_line(RuntimeError("out of memory\nTried to allocate 2 GiB"), 6) == "RuntimeError: out of"
+    assert first_line(OSError("\n  disk full \nmore")) == "disk full"
+    assert error_line(KeyError()) == first_line(KeyError()) == "KeyError"  # str(err).splitlines()[0] raised here

@@ -16,7 +16,7 @@ import soundfile as sf
 import soxr
 
 from bench.data.synth import SAMPLE_RATE, SynthSettings, ensure_corpus
-from variants.errors import MbsbenchError
+from variants.errors import MbsbenchError, first_line
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
 MIN_SECONDS = 0.25  # PESQ refuses anything shorter
@@ -93,7 +93,7 @@ def read_audio(path: Path) -> tuple[np.ndarray, list[str]]:
     try:
         wav, rate = sf.read(str(path), dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, OSError) as err:
-        raise MbsbenchError(f"{path}: unreadable ({str(err).splitlines()[0][:120]})") from None
+        raise MbsbenchError(f"{path}: unreadable ({first_line(err, 120)})") from None
     notes = []
     if wav.shape[0] == 0:
         raise MbsbenchError(f"{path}: empty")

@@ -9,6 +9,7 @@ from torch import Tensor, nn
 from bench.profiling.instruments import LiveTensorPeak, cuda_peak_bytes
 from bench.profiling.workload import ProfileSettings, make_workload, samples
 from variants.config import ModelConfig
+from variants.errors import first_line
 
 OOM_MARKERS = ("out of memory", "can't allocate memory", "DefaultCPUAllocator")
 CPU_MEMORY_SHARE = 0.7  # a CPU measurement predicted above this share of available RAM is skipped
@@ -81,7 +82,7 @@ class MemoryCurve:
         except (RuntimeError, MemoryError) as err:
             if not is_oom(err):
                 raise
-            point |= {"status": "oom", "reason": str(err).splitlines()[0][:200]}
+            point |= {"status": "oom", "reason": first_line(err, 200)}
         finally:
             work = run = None
             release(s.device)

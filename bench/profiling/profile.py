@@ -18,7 +18,7 @@ from bench.profiling.rss import try_peak_rss
 from bench.profiling.timing import throughput
 from bench.profiling.workload import ProfileSettings, measured_model
 from variants.config import ModelConfig
-from variants.errors import MbsbenchError
+from variants.errors import MbsbenchError, error_line
 from variants.registry import build_config
 from variants.scan_triton import counting_only
 
@@ -77,7 +77,7 @@ def profile_variant(name: str, cfg: ModelConfig, settings: ProfileSettings) -> d
 
 def failure_row(name: str, settings: ProfileSettings, err: Exception) -> dict:
     """The row of a profile that raised: its reason recorded, so that a sweep goes on."""
-    reason = f"{type(err).__name__}: {str(err).splitlines()[0][:300] if str(err) else ''}"
+    reason = error_line(err, 300)
     status(f"  {name} failed: {reason}")
     return {"variant": name, "device": device_name(settings.device), "status": "error", "reason": reason,
             "memory_curve": []}

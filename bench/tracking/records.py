@@ -8,6 +8,7 @@ from pathlib import Path
 
 from bench.tracking.schema import EXPERIMENTS, PROFILE_CONDITIONS, PROFILE_FIGURES
 from bench.tracking.store import Run, provenance_tags, start_run
+from variants.errors import error_line
 
 MIB = 2**20
 
@@ -57,7 +58,7 @@ def profile_recorder(uri: str, extra_tags: dict | None = None):
         try:
             return record_profile(row, cfg.to_dict(), uri, param_table_text(row["variant"], cfg), extra_tags)
         except mlflow_errors() as err:
-            row["log_error"] = f"{type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}"
+            row["log_error"] = error_line(err, 200)
             return ""
 
     return record
@@ -72,7 +73,7 @@ def logged_or_kept(action, keep):
         return action()
     except mlflow_errors() as err:
         where = keep() if callable(keep) else keep
-        raise MbsbenchError(f"MLflow logging failed ({type(err).__name__}: {str(err).splitlines()[0][:160]}); "
+        raise MbsbenchError(f"MLflow logging failed ({error_line(err, 160)}); "
                             f"the results are kept in {where}") from None
 
 
@@ -177,7 +178,7 @@ class RunRecord:
 
                 status(f"warning: MLflow logging failed ({type(err).__name__}: {str(err)[:120]}); "
                        "training goes on, the results will be kept in the run folder")
-            self.error = f"{type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}"
+            self.error = error_line(err, 200)
 
     def flush(self) -> None:
         pending, self.pending = self.pending, {}

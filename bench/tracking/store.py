@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.console import library_log_level
-from variants.errors import MbsbenchError
+from variants.errors import MbsbenchError, error_line, first_line
 
 DEFAULT_URI = "sqlite:///mlflow.db"  # relative to the working directory
 PACKAGES = ("torch", "numpy", "mlflow-skinny", "optuna", "mbsbench")
@@ -106,8 +106,8 @@ def check_database(uri: str, timeout: float) -> None:
         raise MbsbenchError(f"tracking URI {uri}: no database driver ({err}); pip install -e '.[postgres]' "
                             "installs psycopg 3") from None
     except (sqlalchemy.exc.SQLAlchemyError, ValueError) as err:
-        first = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
-        raise MbsbenchError(f"tracking URI {uri}: unreachable ({first}); use --no-track to skip logging") from None
+        raise MbsbenchError(f"tracking URI {uri}: unreachable ({first_line(err, 160)}); "
+                            "use --no-track to skip logging") from None
 
 
 def _connect_timeout(uri: str, timeout: float) -> dict:
@@ -150,7 +150,7 @@ def client(uri: str):
         try:
             tracking.search_experiments(max_results=1)  # creates the schema on first use
         except (mlflow.exceptions.MlflowException, OSError) as err:
-            raise MbsbenchError(f"tracking URI {uri}: not usable ({str(err).splitlines()[0][:160]})") from None
+            raise MbsbenchError(f"tracking URI {uri}: not usable ({first_line(err, 160)})") from None
     _CLIENTS[key] = tracking
     from bench.tracking.liveness import mark_orphans
 
@@ -288,7 +288,7 @@ def end_status(err: BaseException | None) -> tuple[str, str]:
         return "FINISHED", ""
     if isinstance(err, KeyboardInterrupt):
         return "KILLED", "interrupted (SIGINT or SIGTERM)"
-    return "FAILED", f"{type(err).__name__}: {str(err).splitlines()[0][:400] if str(err) else ''}"
+    return "FAILED", error_line(err, 400)
 
 
 @contextmanager
