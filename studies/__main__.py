@@ -16,7 +16,7 @@ from bench.cli.common import (
 from bench.cli.shell import make_root, run_main
 from studies.objectives import SEARCH_OBJECTIVES
 from studies.spec import SAMPLERS
-from studies.storage import DEFAULT_STORAGE
+from studies.storage import DEFAULT_STORAGE, StorageSettings
 
 
 def _values(items: list[str], flag: str) -> dict[str, list[str]]:
@@ -38,9 +38,7 @@ def _typed(items: list[str], flag: str) -> dict[str, tuple]:
     return {name: tuple(parse_value(name, v) for v in values) for name, values in _values(items, flag).items()}
 
 
-def storage_settings(args: argparse.Namespace):
-    from studies.storage import StorageSettings
-
+def storage_settings(args: argparse.Namespace) -> StorageSettings:
     return StorageSettings(args.storage, args.heartbeat, args.grace, args.retries)
 
 
@@ -54,8 +52,7 @@ def study_spec(args: argparse.Namespace):
     from variants.registry import build_config
 
     base = build_config(args.base)
-    ranges = {name: values for name, values in _typed(args.range, "--range").items()}
-    knobs = tuple(parse_space(args.space, _typed(args.choices, "--choices"), ranges))
+    knobs = tuple(parse_space(args.space, _typed(args.choices, "--choices"), _typed(args.range, "--range")))
     check_space(base, list(knobs))
     settings = ObjectiveSettings(device="auto", batch=args.batch, seconds=args.seconds, data=args.data,
                                  steps=args.steps, minutes=args.minutes, seed=args.seed)
@@ -109,11 +106,11 @@ def show(name: str, storage) -> str:
     """Trials by state, the best trials (the Pareto front when multi-objective), importances."""
     from bench.text import format_table
     from studies.queue import load_study
-    from studies.runner import _reasons, _states, study_importances
+    from studies.runner import fail_reasons, study_importances, trial_states
 
     study, spec = load_study(storage, name)
-    text = f"trials: {', '.join(f'{k.lower()} {v}' for k, v in sorted(_states(study).items()))}\n"
-    text += "".join(f"  {line}\n" for line in _reasons(study)[:10])
+    text = f"trials: {', '.join(f'{k.lower()} {v}' for k, v in sorted(trial_states(study).items()))}\n"
+    text += "".join(f"  {line}\n" for line in fail_reasons(study)[:10])
     best = [{"trial": t.number, **t.params, **dict(zip(spec.metrics, t.values))} for t in study.best_trials] \
         if any(t.state.name == "COMPLETE" for t in study.trials) else []
     if best:
@@ -130,15 +127,17 @@ def cmd_show(args: argparse.Namespace) -> str:
 
 
 def add_storage(p: argparse.ArgumentParser) -> None:
+    defaults = StorageSettings()
     p.add_argument("--storage", default=DEFAULT_STORAGE,
                    help=f"Optuna storage: a journal file (default {DEFAULT_STORAGE}), sqlite:///FILE or "
                         "postgresql://USER@HOST/DB (several machines)")
-    p.add_argument("--heartbeat", type=positive_int, default=30, help="RDB storages: seconds between a running "
-                                                                      "trial's heartbeats (default 30)")
-    p.add_argument("--grace", type=positive_int, default=120, help="RDB storages: seconds without a heartbeat "
-                                                                   "before a trial is failed and retried (default 120)")
-    p.add_argument("--retries", type=non_negative_int, default=1, help="how often a crashed or interrupted trial "
-                                                                       "is queued again (default 1)")
+    p.add_argument("--heartbeat", type=positive_int, default=defaults.heartbeat_s,
+                   help=f"RDB storages: seconds between a running trial's heartbeats (default {defaults.heartbeat_s})")
+    p.add_argument("--grace", type=positive_int, default=defaults.grace_s,
+                   help=f"RDB storages: seconds without a heartbeat before a trial is failed and retried "
+                        f"(default {defaults.grace_s})")
+    p.add_argument("--retries", type=non_negative_int, default=defaults.retries,
+                   help=f"how often a crashed or interrupted trial is queued again (default {defaults.retries})")
 
 
 def add_space(p: argparse.ArgumentParser) -> None:

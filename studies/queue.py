@@ -93,7 +93,6 @@ def _study_run(spec: StudySpec, study) -> str | None:
     params |= {f"setting_{k}": v for k, v in asdict(spec.settings).items()}
     if spec.kind == "ablation":
         params |= {f"ablation_{k}": v for k, v in spec.ablation.items()}
-        tags["task"] = "ablate"
     run_id = record_study(spec.tracking_uri, spec.name, params, tags, ablation=spec.kind == "ablation")
     study.set_user_attr("mlflow_run_id", run_id)
     return run_id

@@ -9,6 +9,7 @@ import multiprocessing
 import os
 import signal
 import socket
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,13 +35,10 @@ def _worker_main(name: str, storage: StorageSettings, device: str, out: str, ind
 
     stop = interrupt_once()
     try:
-        import optuna
-
-        from bench.console import library_log_level, set_verbosity
+        from bench.console import set_verbosity
         from studies.worker import die_with_parent
 
-        set_verbosity(level)
-        optuna.logging.set_verbosity(library_log_level())
+        set_verbosity(level)  # before work() opens the storage, which sets Optuna's log level from it
         die_with_parent()
         work(name, storage, device, out=Path(out), index=index, stop=stop)
     except KeyboardInterrupt:
@@ -50,23 +48,14 @@ def _worker_main(name: str, storage: StorageSettings, device: str, out: str, ind
 def search(spec: StudySpec, storage: StorageSettings, workers: int, device: str,
            out: Path = Path("runs")) -> SearchResult:
     """Create the study (queueing its grid points) and run its trials with `workers` local processes."""
-    import optuna
-
-    optuna.logging.set_verbosity(_optuna_level())
-    created = create_study(spec, storage)
+    created = create_study(spec, storage)  # make_storage sets Optuna's log level (INFO only with -v)
     if workers == 1:
         work(spec.name, storage, device, out=out, index=0)
     else:
         _run_processes(spec.name, storage, device, out, workers)
     study, _ = load_study(storage, spec.name)
     record_importances(spec, study)
-    return SearchResult(created, _states(study), _reasons(study))
-
-
-def _optuna_level() -> int:
-    from bench.console import library_log_level
-
-    return library_log_level()
+    return SearchResult(created, trial_states(study), fail_reasons(study))
 
 
 def _run_processes(name: str, storage: StorageSettings, device: str, out: Path, workers: int) -> None:
@@ -111,14 +100,12 @@ def requeue_dead(name: str, storage: StorageSettings, pid: int, signum: int) -> 
             status(f"note: trial {trial.number}: {reason}; queued again")
 
 
-def _states(study) -> dict[str, int]:
-    states: dict[str, int] = {}
-    for trial in study.trials:
-        states[trial.state.name] = states.get(trial.state.name, 0) + 1
-    return states
+def trial_states(study) -> dict[str, int]:
+    """How many of the study's trials are in each state."""
+    return dict(Counter(trial.state.name for trial in study.trials))
 
 
-def _reasons(study) -> list[str]:
+def fail_reasons(study) -> list[str]:
     return [f"trial {t.number} failed: {t.user_attrs.get('fail_reason', 'no heartbeat: its worker died')}"
             for t in study.trials if t.state.name == "FAIL"]
 

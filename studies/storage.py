@@ -145,6 +145,11 @@ def _database_lock(settings: StorageSettings, name: str) -> Iterator[None]:
     engine.dispose()
 
 
+def beats(storage) -> bool:
+    """Whether an Optuna storage keeps heartbeats (an RDB storage made with an interval; never a journal)."""
+    return hasattr(storage, "record_heartbeat") and bool(storage.get_heartbeat_interval())
+
+
 class Heartbeat:
     """Records a running trial's heartbeat every `interval` seconds in a thread, for RDB storages."""
 
@@ -160,7 +165,7 @@ class Heartbeat:
                 return
 
     def __enter__(self) -> "Heartbeat":
-        if hasattr(self.storage, "record_heartbeat") and self.storage.get_heartbeat_interval():
+        if beats(self.storage):
             self.thread.start()
         return self
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from studies.objectives import TrialFailedError
 from studies.queue import load_study
 from studies.spec import StudySpec
-from studies.storage import Heartbeat, StorageSettings, requeue, stable_enough, study_lock
+from studies.storage import Heartbeat, StorageSettings, beats, requeue, stable_enough, study_lock
 from studies.trials import trial_function
 from variants.errors import error_line
 
@@ -65,7 +65,7 @@ def _ask(study):
     with warnings.catch_warnings():  # Optuna warns that heartbeats want optimize(); run_trial beats itself
         warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
         trial = study.ask()
-    if hasattr(study._storage, "record_heartbeat") and study._storage.get_heartbeat_interval():
+    if beats(study._storage):
         # the first beat before the trial leaves the lock: a trial without any beat is never found stale
         study._storage.record_heartbeat(trial._trial_id)
     return trial
