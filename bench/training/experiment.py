@@ -199,14 +199,13 @@ def _one(request: RunRequest, context: RunContext, name: str, cfg: ModelConfig, 
     try:
         outcome = _train_and_score(trainer, name, cfg, seed, dataset, noisy, context,
                                    request.resumes(name, seed), record, key)
-    except KeyboardInterrupt as err:
+    except (KeyboardInterrupt, Exception) as err:
         if record is not None:
-            record.end("KILLED", "interrupted (SIGINT or SIGTERM)")
-            add_kept(err, f"MLflow run {record.run_id} KILLED with its curves so far")
-        raise
-    except Exception as err:
-        if record is not None:
-            record.end("FAILED", f"{type(err).__name__}: {str(err)[:400]}")
+            from bench.tracking.store import end_status
+
+            record.end(*end_status(err))  # KILLED for an interrupt, FAILED with the error's line
+            if isinstance(err, KeyboardInterrupt):
+                add_kept(err, f"MLflow run {record.run_id} KILLED with its curves so far")
         raise
     if record is not None and record.error:
         raise MbsbenchError(f"MLflow logging of {name} seed {seed} failed ({record.error}); its results are in "
