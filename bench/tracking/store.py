@@ -214,20 +214,21 @@ class Run:
         self.tracking = tracking
         self.run_id = run_id
 
+    def _send(self, kind: str, items: list, size: int) -> None:
+        """log_batch of `kind` ('params', 'metrics') in requests of at most `size` items (MLflow's limits)."""
+        for start in range(0, len(items), size):
+            self.tracking.log_batch(self.run_id, **{kind: items[start : start + size]})
+
     def log_params(self, params: Mapping[str, Any]) -> None:
         from mlflow.entities import Param
 
-        items = [Param(k, v[:6000]) for k, v in _flat_params(params).items()]
-        for start in range(0, len(items), 100):
-            self.tracking.log_batch(self.run_id, params=items[start : start + 100])
+        self._send("params", [Param(k, v[:6000]) for k, v in _flat_params(params).items()], 100)
 
     def log_metrics(self, metrics: Mapping[str, float], step: int = 0) -> None:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        items = [Metric(k, float(v), now, step) for k, v in metrics.items() if v is not None]
-        for start in range(0, len(items), 500):
-            self.tracking.log_batch(self.run_id, metrics=items[start : start + 500])
+        self._send("metrics", [Metric(k, float(v), now, step) for k, v in metrics.items() if v is not None], 1000)
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
         from mlflow.entities import RunTag
@@ -239,9 +240,7 @@ class Run:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        items = [Metric(name, float(v), now, step) for step, v in points]
-        for start in range(0, len(items), 1000):
-            self.tracking.log_batch(self.run_id, metrics=items[start : start + 1000])
+        self._send("metrics", [Metric(name, float(v), now, step) for step, v in points], 1000)
 
     def log_text(self, text: str, name: str) -> None:
         with tempfile.TemporaryDirectory() as folder:
