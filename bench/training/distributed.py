@@ -8,8 +8,12 @@ import os
 import sys
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import TYPE_CHECKING
 
 from variants.errors import MbsbenchError
+
+if TYPE_CHECKING:  # torch is imported where a collective runs: a world of one never needs it here
+    from torch import nn
 
 GROUP_TIMEOUT = timedelta(hours=2)  # rank 0 validates and checkpoints while the others wait at the next step
 
@@ -96,6 +100,17 @@ def barrier(ranks: Ranks) -> None:
         import torch.distributed as dist
 
         dist.barrier()
+
+
+def data_parallel(module: "nn.Module", ranks: Ranks, device: str) -> "nn.Module":
+    """The module a training step calls: itself, or DistributedDataParallel of it in a world of several."""
+    if ranks.world == 1:
+        return module
+    import torch
+    from torch.nn.parallel import DistributedDataParallel
+
+    ids = [torch.device(device).index] if torch.device(device).type == "cuda" else None
+    return DistributedDataParallel(module, device_ids=ids)
 
 
 def torchrun_command(nproc: int, argv: list[str]) -> list[str]:

@@ -14,9 +14,10 @@ enhanced magnitude against the clean one, and the generator is pushed toward the
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from bench.quality.metrics import PesqPool
+from bench.training.distributed import SINGLE, Ranks, data_parallel
 from variants.config import ModelConfig
 from variants.discriminator import Discriminator
 from variants.layers import stft
@@ -35,12 +36,13 @@ def pesq_targets(scores: list[float]) -> np.ndarray:
 class MetricGAN:
     """The discriminator, its optimizer and the PESQ pool of one training run (one per rank)."""
 
-    def __init__(self, cfg: ModelConfig, lr: float, seed: int, device: str, workers: int = 0, wrap=None):
+    def __init__(self, cfg: ModelConfig, lr: float, seed: int, device: str, workers: int = 0,
+                 ranks: Ranks = SINGLE):
         generator = torch.Generator().manual_seed(seed + 7919)  # its own init stream: the model's stays the same
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(torch.randint(2**31, (1,), generator=generator)))
             self.module = Discriminator().to(device)
-        self.net = wrap(self.module) if wrap is not None else self.module
+        self.net = data_parallel(self.module, ranks, device)  # several ranks: its gradients are averaged too
         self.optimizer = torch.optim.AdamW(self.module.parameters(), lr=2 * lr, foreach=True)
         self.cfg, self.seed, self.device = cfg, seed, device
         self.pool = PesqPool(workers)
@@ -86,17 +88,3 @@ class MetricGAN:
 
     def close(self) -> None:
         self.pool.close()
-
-
-def wrap_for(ranks, device: str):
-    """DistributedDataParallel for a world of several ranks (the discriminator's gradients are averaged too)."""
-    if ranks.world == 1:
-        return None
-
-    def wrap(module: nn.Module) -> nn.Module:
-        from torch.nn.parallel import DistributedDataParallel
-
-        ids = [torch.device(device).index] if torch.device(device).type == "cuda" else None
-        return DistributedDataParallel(module, device_ids=ids)
-
-    return wrap

@@ -78,7 +78,7 @@ class Trainer:
         self.dtype = parameter_dtype(settings.precision)
         self.model, self.cfg, self.variant, self.s = model.to(device, self.dtype).train(), cfg, variant, settings
         self.val, self.folder, self.device, self.fingerprint = val, Path(folder), device, data_fingerprint
-        self.ranks, self.net = ranks, _parallel(self.model, ranks, device)
+        self.ranks, self.net = ranks, distributed.data_parallel(self.model, ranks, device)
         self.sampler = CropSampler(train, settings.batch, settings.crop_seconds, settings.seed, cfg.sample_rate)
         # foreach: one multi-tensor op per update stage, not one op per parameter tensor (360 in original)
         self.optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr, foreach=True)
@@ -219,20 +219,10 @@ class Trainer:
             self.save_last(step)
 
 
-def _parallel(model: nn.Module, ranks: Ranks, device: str) -> nn.Module:
-    """The module the training step calls: the model, or DistributedDataParallel of it in a world of several."""
-    if ranks.world == 1:
-        return model
-    from torch.nn.parallel import DistributedDataParallel
-
-    ids = [torch.device(device).index] if torch.device(device).type == "cuda" else None
-    return DistributedDataParallel(model, device_ids=ids)
-
-
 def _metricgan(cfg: ModelConfig, settings: TrainSettings, device: str, ranks: Ranks, workers: int):
-    from bench.training.metricgan import MetricGAN, wrap_for
+    from bench.training.metricgan import MetricGAN
 
-    return MetricGAN(cfg, settings.lr, settings.seed, device, workers, wrap_for(ranks, device))
+    return MetricGAN(cfg, settings.lr, settings.seed, device, workers, ranks)
 
 
 def check_same_math(data: dict, path: Path, settings: TrainSettings, fingerprint: str) -> None:
