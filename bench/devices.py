@@ -6,20 +6,37 @@ from variants.errors import MbsbenchError
 
 
 def resolve_device(name: str) -> str:
-    """'cpu', 'cuda', 'cuda:N' or 'auto' -> a usable device string; a clear error otherwise."""
+    """'cpu', 'cuda', 'cuda:N' or 'auto' -> 'cpu' or 'cuda:N', always with its index; a clear error otherwise.
+
+    A bare 'cuda' means torch's current device; torch's per-device calls (memory fraction, peak stats) refuse
+    a device without an index, so none leaves here.
+    """
     import torch
 
     if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         device = torch.device(name)
     except RuntimeError:
         raise MbsbenchError(f"unknown device {name!r}; expected cpu, cuda, cuda:N or auto") from None
     if device.type not in ("cpu", "cuda"):
         raise MbsbenchError(f"unsupported device {name!r}; expected cpu, cuda, cuda:N or auto")
-    if device.type == "cuda" and not torch.cuda.is_available():
+    if device.type == "cpu":
+        return "cpu"
+    if not torch.cuda.is_available():
         raise MbsbenchError(f"device {name!r} asked for, but this machine has no CUDA device (use --device cpu)")
-    return name
+    index, count = cuda_index(device), torch.cuda.device_count()
+    if index >= count:
+        raise MbsbenchError(f"device {name!r}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}")
+    return f"cuda:{index}"
+
+
+def cuda_index(device) -> int:
+    """The index of a CUDA device ('cuda', 'cuda:N' or a torch.device): a bare 'cuda' is the current device."""
+    import torch
+
+    device = torch.device(device)
+    return torch.cuda.current_device() if device.index is None else device.index
 
 
 def device_name(device: str) -> str:

@@ -43,3 +43,11 @@ def postgres():
     server = PostgresServer()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def cuda_driver(monkeypatch: pytest.MonkeyPatch):
+    """Two 80 GiB GPUs behind a stand-in driver (tests/cuda_driver.py): for contract tests without a GPU."""
+    from cuda_driver import FakeCudaDriver
+
+    return FakeCudaDriver(monkeypatch)

@@ -13,10 +13,13 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("bench", "studies", "reports", "variants")
-# parameters a signature imposes: the scan table's common signature, torch's dispatch and function-mode protocols
+# parameters a signature imposes: the scan table's common signature, torch's dispatch and function-mode protocols,
+# and the schema of a registered operator, which its fake implementation takes whole
 IMPOSED = {("selective_scan_ref", "chunk_size"), ("selective_scan_naive", "chunk_size"),
            ("selective_scan_cuda", "chunk_size"), ("__torch_dispatch__", "types"),
-           ("__torch_function__", "types")}
+           ("__torch_function__", "types"), ("_scan_forward_fake", "h0"), ("_scan_backward_fake", "gy"),
+           ("_scan_backward_fake", "delta"), ("_scan_backward_fake", "B"), ("_scan_backward_fake", "C"),
+           ("_scan_backward_fake", "D")}
 
 
 def sources(*packages: str) -> list[Path]:

@@ -9,7 +9,7 @@ import torch
 from variants.errors import MbsbenchError
 from variants.scan import INDEXED_LOOPS, SCANS, choose_scan, cuda_scan_available, selective_scan_ref
 
-ALL_CPU = {**{k: v for k, v in SCANS.items() if k not in ("cuda", "triton")}, **INDEXED_LOOPS}
+ALL_CPU = {**{k: v.fn for k, v in SCANS.items() if k not in ("cuda", "triton")}, **INDEXED_LOOPS}
 CPU_SCANS = list(ALL_CPU)
 TOL = {torch.float64: 1e-10, torch.float32: 1e-4}
 
@@ -63,12 +63,12 @@ def test_chunked_ckpt_work_blocks_within_a_chunk(
     block_steps: int, dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Blocks smaller than the chunk (the backward recomputes each block's start) give the same numbers."""
-    import variants.scan as scan_module
+    import variants.scan_ckpt as scan_module
 
     step_bytes = 2 * 6 * 4 * torch.finfo(dtype).bits // 8  # b * d * n * element size of make_inputs
     monkeypatch.setattr(scan_module, "WORK_BLOCK_BYTES", block_steps * step_bytes)
     assert scan_module._block_steps(torch.empty(53, 2, 6, dtype=dtype), torch.empty(4, 6), 64) == block_steps
-    assert_matches_reference(SCANS["chunked_ckpt"], 53, dtype, [5, 16, 64])
+    assert_matches_reference(SCANS["chunked_ckpt"].fn, 53, dtype, [5, 16, 64])
 
 
 @pytest.mark.parametrize("name", CPU_SCANS)
@@ -89,7 +89,7 @@ def saved_bytes(name: str, batch: int, length: int, d: int, n: int, chunk: int) 
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        SCANS[name](*inputs, chunk_size=chunk)
+        SCANS[name].fn(*inputs, chunk_size=chunk)
     return total
 
 
@@ -123,14 +123,14 @@ def test_auto_picks_a_cpu_scan() -> None:
 @pytest.mark.skipif(cuda_scan_available(), reason="mamba_ssm with CUDA is installed here")
 def test_cuda_scan_explains_what_is_missing() -> None:
     with pytest.raises(MbsbenchError, match=r"mamba_ssm|CUDA"):
-        SCANS["cuda"](*make_inputs(4, torch.float32)[:6])
+        SCANS["cuda"].fn(*make_inputs(4, torch.float32)[:6])
 
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not cuda_scan_available(), reason="needs mamba_ssm and a CUDA device")
 def test_cuda_scan_matches_reference() -> None:
     inputs = [t.detach().float().cuda().requires_grad_() for t in make_inputs(251, torch.float64)[:6]]
-    y = SCANS["cuda"](*inputs)
+    y = SCANS["cuda"].fn(*inputs)
     y_ref = selective_scan_ref(*[t.detach().double().cpu() for t in inputs])
     assert rel_err(y.cpu(), y_ref) < 1e-4
 

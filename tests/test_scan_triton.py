@@ -1,9 +1,9 @@
 """The Triton scan against the float64 sequential reference, under Triton's interpreter on the CPU.
 
 The same oracle as every scan (tests/test_scan.py): output and the gradients of all seven inputs, odd
-lengths, length 1 and lengths longer than a chunk, with and without h0; float32 to 1e-4, and bf16
-inputs to 2e-2. Shapes are small: the interpreter runs every program in Python. CUDA tests run the
-compiled kernels at the models' shapes (marked cuda: skipped without a GPU).
+lengths, length 1 and lengths longer than a chunk, with and without h0; float32 to 1e-4, float64 to 1e-10
+(computed in float64), and bf16 inputs to 2e-2. Shapes are small: the interpreter runs every program in
+Python. CUDA tests run the compiled kernels at the models' shapes (marked cuda: skipped without a GPU).
 """
 
 import os
@@ -14,10 +14,11 @@ import pytest
 import torch
 from test_scan import TOL, make_inputs, reference, rel_err
 
+from bench.profiling.instruments import LiveTensorPeak
 from variants.scan import choose_scan, selective_scan_ref
-from variants.scan_triton import LAUNCHES, selective_scan_triton, triton_available
+from variants.scan_triton import LAUNCHES, TRITON, selective_scan_triton
 
-pytestmark = pytest.mark.skipif(not triton_available(), reason="triton is not installed")
+pytestmark = pytest.mark.skipif(not TRITON, reason="triton is not installed")
 BF16_TOL = 2e-2
 
 
@@ -28,16 +29,32 @@ def interpreter() -> None:
         pytest.skip("the kernels run compiled on this machine: the cuda tests check them")
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("length,chunks", [(1, [1, 4]), (7, [5, 10]), (33, [5, 32])])
-def test_triton_matches_reference(interpreter, length: int, chunks: list[int]) -> None:
+def test_triton_matches_reference(interpreter, length: int, chunks: list[int], dtype: torch.dtype) -> None:
+    """float64 inputs are computed in float64 (1e-10), not rounded through a float32 kernel (9.3e-6 before)."""
     ref_inputs, y_ref, grads_ref, gy = reference(length)
-    inputs = [t.detach().float().requires_grad_() for t in ref_inputs]
+    inputs = [t.detach().to(dtype).requires_grad_() for t in ref_inputs]
     for chunk in chunks:
         y = selective_scan_triton(*inputs, chunk_size=chunk)
-        grads = torch.autograd.grad(y, inputs, gy.float())
-        assert rel_err(y, y_ref) < TOL[torch.float32], f"output, chunk {chunk}"
+        grads = torch.autograd.grad(y, inputs, gy.to(dtype))
+        assert y.dtype == dtype and rel_err(y, y_ref) < TOL[dtype], f"output, chunk {chunk}"
         for label, g, g_ref in zip(["u", "delta", "A", "B", "C", "D", "h0"], grads, grads_ref):
-            assert rel_err(g, g_ref) < TOL[torch.float32], f"grad {label}, chunk {chunk}"
+            assert g.dtype == dtype and rel_err(g, g_ref) < TOL[dtype], f"grad {label}, chunk {chunk}"
+
+
+def test_backward_scratch_follows_the_shorter_of_chunk_and_length(interpreter) -> None:
+    """The band scan has 31 steps: a chunk of 128 must not size the backward's scratch (4.1x before). The
+    scratch is an output of the backward operator, so the live-memory peak of the backward sees it."""
+    inputs = [t.detach().float().requires_grad_() for t in make_inputs(9, torch.float64, d=40, n=16)[:6]]
+    peaks = {}
+    for chunk in (9, 64):
+        y = selective_scan_triton(*inputs, chunk_size=chunk)
+        with LiveTensorPeak() as live:
+            torch.autograd.grad(y, inputs, torch.ones_like(y))
+        peaks[chunk] = live.peak_bytes
+    scratch = 2 * 2 * 9 * 32 * 16 * 4  # batch 2 x 2 channel blocks x 9 steps x BLOCK_D x BLOCK_N, float32
+    assert peaks[64] == peaks[9] and scratch < peaks[9] < 2 * scratch
 
 
 def test_triton_without_h0_and_with_bf16_inputs(interpreter) -> None:

@@ -73,8 +73,9 @@ class ModelConfig:
                 f"band_widths sum to {sum(self.band_widths)}; expected positive widths summing to "
                 f"n_fft // 2 + 1 = {self.n_bins}"
             )
-        if self.hop > self.n_fft:
-            raise MbsbenchError(f"hop={self.hop} must not exceed n_fft={self.n_fft}")
+        if self.hop >= self.n_fft:  # the periodic Hann window is 0 at its first sample: frames must overlap
+            raise MbsbenchError(f"hop={self.hop} must be smaller than n_fft={self.n_fft} (the inverse STFT "
+                                "divides by the overlap-added window)")
 
     @property
     def n_bins(self) -> int:

@@ -4,7 +4,6 @@ Feature maps are channels-last, (B, T, K, N): frames, bands, channels.
 """
 
 import math
-from collections.abc import Callable
 from functools import partial
 
 import torch
@@ -16,7 +15,7 @@ from variants.bands import BandHeads, RunLinear
 from variants.config import ModelConfig
 from variants.errors import MbsbenchError
 from variants.pcs import perceptual_contrast_stretch
-from variants.scan import SCANS, choose_scan, selective_scan_chunked_ckpt_time_major, selective_scan_seed
+from variants.scan import choose_scan, scan_entry
 
 
 def stft(wav: Tensor, cfg: ModelConfig) -> Tensor:
@@ -30,9 +29,22 @@ def stft(wav: Tensor, cfg: ModelConfig) -> Tensor:
 
 
 def istft(spec: Tensor, cfg: ModelConfig, length: int) -> Tensor:
-    """Inverse of `stft`, trimmed or padded to `length` samples."""
+    """Inverse of `stft`, trimmed or padded to `length` samples: torch.istft's overlap-add, without its check.
+
+    torch.istft verifies the window envelope on the data (aten.equal), which stops a fake-tensor trace; here
+    the envelope is known to be positive (ModelConfig requires hop < n_fft with the periodic Hann window).
+    The overlap-add is aten's unfold_backward, as in torch.istft (the adjoint of Tensor.unfold).
+    """
     window = torch.hann_window(cfg.n_fft, device=spec.device, dtype=spec.real.dtype)
-    return torch.istft(spec, cfg.n_fft, cfg.hop, window=window, center=True, length=length)
+    batch, n_frames = spec.shape[0], spec.shape[-1]
+    total = cfg.n_fft + cfg.hop * (n_frames - 1)
+    frames = torch.fft.irfft(spec, n=cfg.n_fft, dim=1).transpose(1, 2) * window  # (B, T, n_fft)
+    signal = torch.ops.aten.unfold_backward(frames, [batch, total], 1, cfg.n_fft, cfg.hop)  # (B, total)
+    envelope = torch.ops.aten.unfold_backward(window.square().expand(n_frames, -1), [total], 0, cfg.n_fft, cfg.hop)
+    start = cfg.n_fft // 2
+    stop = min(start + length, total)  # centered: the output starts half a window in (torch.istft's trim)
+    out = signal[:, start:stop] / envelope[start:stop]
+    return F.pad(out, (0, length - out.shape[-1]))
 
 
 class SpectralEnhancer(nn.Module):
@@ -80,7 +92,8 @@ class SelectiveSSM(nn.Module):
             self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))
 
     def forward(self, x: Tensor) -> Tensor:
-        scan, time_major = self._scan(x.device)
+        entry = scan_entry(resolve_scan(self.cfg, x.device, x.dtype))
+        time_major = entry.time_major is not None
         length = x.shape[1]
         xc = F.silu(self.conv1d(x.transpose(1, 2))[..., :length])  # (b, d, l), causal
         # time-major scans get one contiguous (l, b, d) copy instead of a copy per projection and scan input
@@ -93,22 +106,14 @@ class SelectiveSSM(nn.Module):
         B, C = self.B_proj(xc), self.C_proj(xc)
         with torch.autocast(x.device.type, enabled=False):  # the recurrence accumulates in float32, as Mamba's
             inputs = [t.float() if t.dtype in (torch.float16, torch.bfloat16) else t for t in (xc, delta, A, B, C, D)]
-            y = scan(*inputs, chunk_size=self.cfg.chunk_size)
+            y = (entry.time_major or entry.fn)(*inputs, chunk_size=self.cfg.chunk_size)
         return y.transpose(0, 1) if time_major else y  # (b, l, d)
 
-    def _scan(self, device: torch.device) -> tuple[Callable[..., Tensor], bool]:
-        """The scan function to run, and whether it takes time-major tensors."""
-        name = resolve_scan(self.cfg, device)
-        if name == "seed":
-            return selective_scan_seed, False
-        if name == "chunked_ckpt":
-            return selective_scan_chunked_ckpt_time_major, True
-        return SCANS[name], False
 
-
-def resolve_scan(cfg: ModelConfig, device: torch.device) -> str:
-    """The scan a config runs on a device: 'seed' under the clamps bug, else cfg.scan with 'auto' resolved."""
-    return "seed" if cfg.scan_clamps == "seed" else choose_scan(cfg.scan, device)
+def resolve_scan(cfg: ModelConfig, device: torch.device, dtype: torch.dtype = torch.float32) -> str:
+    """The scan a config runs on a device for a model of this dtype: 'seed' under the clamps bug, else cfg.scan
+    with 'auto' resolved (float64 models never get a float32 kernel)."""
+    return "seed" if cfg.scan_clamps == "seed" else choose_scan(cfg.scan, device, dtype)
 
 
 class MambaBlock(nn.Module):

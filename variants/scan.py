@@ -7,16 +7,23 @@ Recurrence (zero-order hold on A, Euler on B, as in Mamba):
     h_t = exp(delta_t * A) * h_{t-1} + delta_t * B_t * u_t
     y_t = C_t . h_t + D * u_t
 `selective_scan_ref` is the oracle every other implementation is tested against.
+
+`SCANS` holds one `ScanEntry` per scan: its function, its layout, where it runs, whether it computes float64
+inputs in float64, and whether and after which probe `auto` may pick it. A new scan is one entry and one file.
 """
 
+import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 
 import torch
 from torch import Tensor
+from torch._subclasses.fake_tensor import unset_fake_temporarily
 
-from variants.errors import MbsbenchError
-from variants.scan_triton import selective_scan_triton, triton_available
+from variants.errors import MbsbenchError, error_line
+from variants.scan_ckpt import selective_scan_chunked_ckpt, selective_scan_chunked_ckpt_time_major
+from variants.scan_triton import TRITON, selective_scan_triton
 
 try:  # the fused CUDA kernel is optional; "cuda" says how to get it when missing
     from mamba_ssm.ops.selective_scan_interface import selective_scan_fn as _mamba_selective_scan_fn
@@ -102,156 +109,6 @@ def selective_scan_seed(
     return torch.stack(ys, dim=1)
 
 
-def selective_scan_chunked_ckpt(
-    u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor, h0: Tensor | None = None,
-    *, chunk_size: int = 32,
-) -> Tensor:
-    """Chunked scan that keeps only inputs and chunk-boundary states; backward recomputes each chunk.
-
-    Saved memory O(b*l*d + b*(l/chunk)*d*n) instead of O(b*l*d*n); backward runs the adjoint
-    recurrence chunk by chunk in place of autograd through every step.
-    """
-    u, delta, B, C = (t.transpose(0, 1) for t in (u, delta, B, C))
-    return selective_scan_chunked_ckpt_time_major(u, delta, A, B, C, D, h0, chunk_size=chunk_size).transpose(0, 1)
-
-
-def selective_scan_chunked_ckpt_time_major(
-    u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor, h0: Tensor | None = None,
-    *, chunk_size: int = 32,
-) -> Tensor:
-    """`selective_scan_chunked_ckpt` on time-major tensors: u, delta (l, b, d), B, C (l, b, n) -> y (l, b, d).
-
-    Time-major, a chunk is a contiguous slice; the state is held as (n, d), so that every broadcast
-    and reduction runs along the contiguous d axis.
-    """
-    if h0 is None:
-        h0 = u.new_zeros(u.shape[1], u.shape[2], A.shape[1])
-    u, delta, B, C = (t.contiguous() for t in (u, delta, B, C))
-    return _ChunkedCheckpointScan.apply(u, delta, A, B, C, D, h0, chunk_size)
-
-
-def _discretize(delta: Tensor, delta_u: Tensor, A_t: Tensor, B: Tensor, bufs: list[Tensor]) -> tuple[Tensor, Tensor]:
-    """Decay exp(delta A) and drive delta u B of one time-major chunk, (c, b, n, d), written into bufs."""
-    decay = torch.mul(delta.unsqueeze(2), A_t, out=bufs[0][: delta.shape[0]]).exp_()
-    drive = torch.mul(delta_u.unsqueeze(2), B.unsqueeze(-1), out=bufs[1][: delta.shape[0]])
-    return decay, drive
-
-
-def _run_states(decay: Tensor, drive: Tensor, h: Tensor) -> Tensor:
-    """States h_t of one chunk, written over `drive` in place: (c, b, n, d)."""
-    drive[0].addcmul_(decay[0], h)
-    for t in range(1, drive.shape[0]):
-        drive[t].addcmul_(decay[t], drive[t - 1])
-    return drive
-
-
-def _contract_d(x: Tensor, states: Tensor) -> Tensor:
-    """sum over d of x (c, b, d) times states (c, b, n, d): (c, b, n), as one batched matmul."""
-    c, b, n, d = states.shape
-    return torch.bmm(x.reshape(c * b, 1, d), states.view(c * b, n, d).transpose(1, 2)).view(c, b, n)
-
-
-# Measured on a 2-core EPYC (1 MiB L2): with 2-4 MiB blocks the scan's time is flat in the chunk size
-# (16-128); whole chunks as one block (6-24 MiB at chunk 32-128) made it 1.5-2.5x slower as they grew.
-WORK_BLOCK_BYTES = 4 * 2**20
-
-
-def _block_steps(like: Tensor, A_t: Tensor, chunk_size: int) -> int:
-    """Time steps per work block: (steps, b, n, d) buffers of about WORK_BLOCK_BYTES stay in cache."""
-    step_bytes = like.shape[1] * A_t.numel() * like.element_size()
-    return max(1, min(chunk_size, like.shape[0], WORK_BLOCK_BYTES // step_bytes))
-
-
-def _blocks(start: int, stop: int, steps: int) -> list[slice]:
-    """[start, stop) in blocks of `steps`, the short one first: the backward recomputes the states of
-    every block but the last twice, so the last should be a full one (32 -> 10 + 22, not 22 + 10)."""
-    first = start + ((stop - start) % steps or steps)
-    return [slice(start, first)] + [slice(s, s + steps) for s in range(first, stop, steps)]
-
-
-def _work_buffers(count: int, steps: int, like: Tensor, A_t: Tensor) -> list[Tensor]:
-    """(steps, b, n, d) buffers reused by every block: fresh ones would be page-faulted in each time."""
-    return [like.new_empty((steps, like.shape[1], *A_t.shape)) for _ in range(count)]
-
-
-def _block_states(inputs: tuple, block: slice, h: Tensor, bufs: list[Tensor]) -> Tensor:
-    """States (steps, b, n, d) of one block from its initial state h, in bufs[1]."""
-    delta, delta_u, A_t, B = inputs
-    return _run_states(*_discretize(delta[block], delta_u[block], A_t, B[block], bufs), h)
-
-
-class _ChunkedCheckpointScan(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, u_t, delta_t, A, B_t, C_t, D, h0, chunk_size):  # time-major (l, b, d) and (l, b, n)
-        A_t, length = A.t().contiguous(), u_t.shape[0]  # (n, d)
-        inputs = (delta_t, delta_t * u_t, A_t, B_t)
-        steps = _block_steps(u_t, A_t, chunk_size)
-        y, starts, bufs = torch.empty_like(u_t), [], _work_buffers(3, steps, u_t, A_t)
-        h = h0.transpose(1, 2)  # (b, n, d)
-        for start in range(0, length, chunk_size):
-            starts.append(h.clone())
-            for block in _blocks(start, min(start + chunk_size, length), steps):
-                bufs[1], bufs[2] = bufs[2], bufs[1]  # ping-pong: h, the last state, lives in the other buffer
-                states = _block_states(inputs, block, h, bufs)
-                torch.matmul(C_t[block].unsqueeze(2), states, out=y[block].unsqueeze(2))  # sum over n
-                h = states[-1]
-        ctx.save_for_backward(u_t, delta_t, A_t, B_t, C_t, D, torch.stack(starts))
-        ctx.chunk_size = chunk_size
-        return y.add_(D * u_t)
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, gy):
-        u, delta, A_t, B, C, D, starts = ctx.saved_tensors
-        gy, length, chunk_size = gy.contiguous(), u.shape[0], ctx.chunk_size  # (l, b, d)
-        grads = [torch.empty_like(u), torch.empty_like(delta), torch.empty_like(B), torch.empty_like(C)]
-        steps = _block_steps(u, A_t, chunk_size)
-        grad_a, bufs = torch.zeros_like(A_t), _work_buffers(4, steps, u, A_t)
-        inputs = (delta, delta * u, A_t, B)
-        carry = torch.zeros_like(starts[0])  # dL/dh at the end of the current block from later ones
-        for index in reversed(range(starts.shape[0])):
-            start = index * chunk_size
-            blocks = _blocks(start, min(start + chunk_size, length), steps)
-            h_starts = [starts[index]]  # the state before each block, recomputed from the chunk's
-            for block in blocks[:-1]:
-                h_starts.append(_block_states(inputs, block, h_starts[-1], bufs)[-1].clone())
-            for block, h_start in zip(reversed(blocks), reversed(h_starts)):
-                block_inputs = (u[block], delta[block], inputs[1][block], A_t, B[block], C[block])
-                carry = _chunk_backward([g[block] for g in grads], grad_a, block_inputs, h_start, gy[block],
-                                        carry, bufs)
-        grad_u, grad_delta, grad_b, grad_c = grads
-        grad_u.addcmul_(gy, D)
-        grad_d = (gy * u).sum(dim=(0, 1))
-        return grad_u, grad_delta, grad_a.t(), grad_b, grad_c, grad_d, carry.transpose(1, 2), None
-
-
-def _chunk_backward(out, grad_a, inputs, h_start, gy, carry, bufs) -> Tensor:
-    """Adjoint of one time-major chunk: fill out = [du, ddelta, dB, dC], add to grad_a; return dL/dh_start.
-
-    Works in four (c, b, n, d) buffers: decay, states, adjoint and one temporary.
-    """
-    u, delta, delta_u, A_t, B, C = inputs
-    decay, drive = _discretize(delta, delta_u, A_t, B, bufs)
-    states = _run_states(decay, drive, h_start)  # (c, b, n, d)
-    adj = torch.mul(gy.unsqueeze(2), C.unsqueeze(-1), out=bufs[2][: len(u)])  # (c, b, n, d): local dL/dh_t
-    adj[-1] += carry
-    for t in range(adj.shape[0] - 2, -1, -1):
-        adj[t].addcmul_(decay[t + 1], adj[t + 1])
-    carry = adj[0] * decay[0]
-    grad_u, grad_delta, grad_b, grad_c = out
-    grad_c.copy_(_contract_d(gy, states))
-    grad_b.copy_(_contract_d(delta_u, adj))
-    adj_b = torch.matmul(B.unsqueeze(2), adj).squeeze(2)  # dL/d(delta u) = sum over n of B adj, (c, b, d)
-    grad_log_decay = decay.mul_(adj)  # dL/d(delta A) = adj * h_{t-1} * decay, built in place
-    grad_log_decay[1:] *= states[:-1]
-    grad_log_decay[0] *= h_start
-    scratch = bufs[3][: len(u)]
-    torch.add(torch.mul(grad_log_decay, A_t, out=scratch).sum(2), adj_b * u, out=grad_delta)
-    torch.mul(adj_b, delta, out=grad_u)
-    grad_a += torch.mul(grad_log_decay, delta.unsqueeze(2), out=scratch).sum(dim=(0, 1))
-    return carry
-
-
 def selective_scan_cuda(
     u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor, h0: Tensor | None = None,
     *, chunk_size: int = 32,
@@ -263,6 +120,9 @@ def selective_scan_cuda(
         raise MbsbenchError(f"scan='cuda' needs CUDA tensors, got device {u.device}; use scan=auto or chunked_ckpt")
     if h0 is not None:
         raise MbsbenchError("scan='cuda': mamba_ssm's kernel takes no initial state h0")
+    if u.dtype == torch.float64:
+        raise MbsbenchError("scan='cuda': mamba_ssm's kernel computes in float32, not float64; use scan=triton or "
+                            "chunked_ckpt for a float64 run")
     y = _mamba_selective_scan_fn(
         u.transpose(1, 2).contiguous(), delta.transpose(1, 2).contiguous(), A.contiguous(),
         B.transpose(1, 2).contiguous(), C.transpose(1, 2).contiguous(), D.float(),
@@ -270,13 +130,76 @@ def selective_scan_cuda(
     return y.transpose(1, 2)
 
 
-SCANS: dict[str, Callable[..., Tensor]] = {
-    "naive": selective_scan_naive,
-    "chunked": selective_scan_chunked,
-    "chunked_ckpt": selective_scan_chunked_ckpt,
-    "cuda": selective_scan_cuda,
-    "triton": selective_scan_triton,
-}
+def _mamba_problem(device: torch.device) -> str | None:
+    del device  # importable or not, on any CUDA device
+    return None if _mamba_selective_scan_fn is not None else "the mamba_ssm package does not import"
+
+
+_FIRST_LAUNCH: dict[int, str | None] = {}  # CUDA device index -> why the Triton kernels failed there, or None
+
+
+def _triton_problem(device: torch.device) -> str | None:
+    """Why the Triton kernels cannot compile and run on this CUDA device (probed once per device), or None.
+
+    A first launch needs a C compiler, Python's headers and libcuda besides the triton package; a slim
+    container may lack any of them, and `auto` must then pick another scan instead of failing in the model.
+    """
+    if not TRITON:
+        return "the triton package is not installed"
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if index not in _FIRST_LAUNCH:
+        _FIRST_LAUNCH[index] = _first_triton_launch(torch.device("cuda", index))
+    return _FIRST_LAUNCH[index]
+
+
+def _first_triton_launch(device: torch.device) -> str | None:
+    """Compile and run both kernels on a tiny scan on the device; compare with the float64 loop."""
+    with unset_fake_temporarily():  # a real launch, even when asked from inside a fake-tensor trace
+        g = torch.Generator().manual_seed(0)
+        ref = [torch.rand(1, 5, 3, generator=g, dtype=torch.float64) for _ in range(2)]
+        ref += [-torch.rand(3, 4, generator=g, dtype=torch.float64) - 0.5]
+        ref += [torch.randn(1, 5, 4, generator=g, dtype=torch.float64) for _ in range(2)] + [torch.ones(3).double()]
+        try:
+            inputs = [t.float().to(device).requires_grad_() for t in ref]
+            y = selective_scan_triton(*inputs, chunk_size=2)
+            y.sum().backward()
+            err = (y.detach().double().cpu() - selective_scan_ref(*ref)).abs().max().item()
+        except Exception as caught:  # any failure of a first compile or launch rules the scan out
+            return error_line(caught)
+    return None if err < 1e-4 else f"the first launch differs from the float64 loop by {err:.1e}"
+
+
+@dataclass(frozen=True)
+class ScanEntry:
+    """One selective scan and its facts."""
+
+    name: str
+    fn: Callable[..., Tensor]  # the common signature, batch-major (b, l, .) tensors
+    devices: tuple[str, ...] = ("cpu", "cuda")  # device types it runs on
+    float64: bool = True  # computes float64 inputs in float64 (else it must not run a float64 model)
+    takes_h0: bool = True  # accepts an initial state
+    time_major: Callable[..., Tensor] | None = None  # the same scan on (l, b, .) tensors, when it has one
+    probe: Callable[[torch.device], str | None] | None = None  # why it cannot run on a device it lists, or None
+    interpreter: bool = False  # also runs on CPU tensors under Triton's interpreter (TRITON_INTERPRET=1: tests)
+
+    def problem(self, device: torch.device, dtype: torch.dtype = torch.float32) -> str | None:
+        """Why this scan cannot run on the device for inputs of this dtype, or None when it can."""
+        if device.type not in self.devices:
+            return f"scan={self.name} runs on {' or '.join(self.devices)} tensors, not {device.type}"
+        if dtype == torch.float64 and not self.float64:
+            return f"scan={self.name} computes in float32, and this run is float64"
+        return self.probe(device) if self.probe is not None else None
+
+
+SCANS: dict[str, ScanEntry] = {entry.name: entry for entry in (
+    ScanEntry("naive", selective_scan_naive),
+    ScanEntry("chunked", selective_scan_chunked),
+    ScanEntry("chunked_ckpt", selective_scan_chunked_ckpt, time_major=selective_scan_chunked_ckpt_time_major),
+    ScanEntry("cuda", selective_scan_cuda, devices=("cuda",), float64=False, takes_h0=False, probe=_mamba_problem),
+    ScanEntry("triton", selective_scan_triton, devices=("cuda",), probe=_triton_problem, interpreter=True),
+)}
+SEED_SCAN = ScanEntry("seed", selective_scan_seed)  # chosen by the flag scan_clamps='seed', never by name
+AUTO_ORDER = ("cuda", "triton", "chunked_ckpt")  # what auto tries, first that can run wins; chunked_ckpt always can
 
 
 # The reference's per-step indexing, kept only so that `bench scan` can measure what it costs.
@@ -286,18 +209,39 @@ INDEXED_LOOPS: dict[str, Callable[..., Tensor]] = {
 }
 
 
+def scan_entry(name: str) -> ScanEntry:
+    """The entry of a resolved scan name ('seed' included)."""
+    return SEED_SCAN if name == "seed" else SCANS[name]
+
+
+def runnable_scans(device: torch.device | str, dtype: torch.dtype = torch.float32) -> list[str]:
+    """The scans that can run on this device for inputs of this dtype, probes included."""
+    device = torch.device(device)
+    return [name for name, entry in SCANS.items() if entry.problem(device, dtype) is None]
+
+
+def auto_report(device: torch.device, dtype: torch.dtype = torch.float32) -> list[tuple[str, str | None]]:
+    """(scan, why auto passed it over or None) in auto's order, up to the one it picks."""
+    report = []
+    for name in AUTO_ORDER:
+        report.append((name, SCANS[name].problem(device, dtype)))
+        if report[-1][1] is None:
+            break
+    return report
+
+
 def cuda_scan_available() -> bool:
     """True when mamba_ssm imports and a CUDA device is present."""
     return _mamba_selective_scan_fn is not None and torch.cuda.is_available()
 
 
-def choose_scan(name: str, device: torch.device) -> str:
-    """Resolve 'auto' to a concrete scan name for a device: on CUDA mamba_ssm's kernel when it imports, else
-    the Triton kernels when triton imports, else chunked_ckpt; on the CPU chunked_ckpt. Others pass through."""
+def choose_scan(name: str, device: torch.device, dtype: torch.dtype = torch.float32) -> str:
+    """Resolve 'auto' for a device and input dtype: the first of AUTO_ORDER that can run there (mamba_ssm's kernel,
+    then the Triton kernels once a first launch worked, then chunked_ckpt). Other names pass through."""
     if name != "auto":
         return name
-    if device.type == "cuda" and _mamba_selective_scan_fn is not None:
-        return "cuda"
-    if device.type == "cuda" and triton_available():
-        return "triton"
-    return "chunked_ckpt"
+    report = auto_report(device, dtype)
+    chosen = report[-1][0]
+    if device.type == "cuda" and chosen == "chunked_ckpt" and report[1][1] is not None:
+        warnings.warn(f"scan=auto on {device}: {report[1][1]}; the model runs with chunked_ckpt", stacklevel=2)
+    return chosen

@@ -1,38 +1,96 @@
-"""`python -m bench.doctor`: the flags of the GPU check (the checks are in bench/doctor.py)."""
+"""`python -m bench.doctor`: the flags of the GPU check (the checks are in bench/doctor/)."""
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
 from bench.cli.shell import OneLineParser, version_text
 
+TARGETS = "80,86,89,90"
+
+
+def target_list(text: str) -> tuple[int, ...]:
+    """'80,86,89,90' -> (80, 86, 89, 90): NVIDIA compute capabilities times ten, sm_70 and up."""
+    try:
+        targets = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected compute capabilities like {TARGETS}") from None
+    if not targets or min(targets) < 70:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected compute capabilities of 70 or more, like {TARGETS}")
+    return targets
+
 
 def make_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="python -m bench.doctor", description="check every CUDA path of mbsbench on this "
-                           "machine (a few minutes); without CUDA, --dry-run checks the rest",
+                           "machine (a few minutes); without CUDA, --dry-run checks the rest and --compile-only "
+                           "compiles every Triton kernel for real GPU targets",
                            epilog="examples:\n  python -m bench.doctor\n  python -m bench.doctor --dry-run --out "
-                                  "dry.json", formatter_class=argparse.RawDescriptionHelpFormatter)
+                                  "dry.json\n  python -m bench.doctor --compile-only --targets 80,86,89,90",
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=version_text())
-    parser.add_argument("--dry-run", action="store_true", help="no CUDA: the CPU-side checks on tiny shapes, and the "
-                                                              "list of CUDA checks skipped")
-    parser.add_argument("--out", default="doctor.json", help="the JSON report (default doctor.json)")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--dry-run", action="store_true", help="no CUDA: the CPU-side checks on tiny shapes, and the "
+                                                            "list of CUDA checks skipped")
+    mode.add_argument("--compile-only", action="store_true", help="no GPU needed: compile every Triton kernel at "
+                      "every specialization the project launches with Triton's own compiler, one row per kernel "
+                      "and target (registers, spills, shared memory, offset width); exit 0 only when all compile")
+    parser.add_argument("--targets", type=target_list, default=target_list(TARGETS),
+                        help=f"with --compile-only: compute capabilities to compile for (default {TARGETS})")
+    parser.add_argument("--out", default="doctor.json", help="the JSON report, written even when a check fails "
+                                                             "(default doctor.json)")
     return parser
+
+
+def compile_only(targets: tuple[int, ...], out: Path) -> int:
+    """Compile every kernel for every target; print the table, write every specialization's row."""
+    import json
+
+    from bench.console import status
+    from bench.doctor import kernels
+    from bench.text import format_table
+
+    rows: list[dict] = []
+    try:
+        rows = kernels.compile_all(targets, progress=lambda row: status(
+            f"compiled {row['kernel']} for {row['target']} ({row['inputs']}): {'ok' if row['ok'] else 'FAILED'}"))
+    finally:
+        out.write_text(json.dumps({"mode": "compile-only", "rows": rows}, indent=2, default=str))
+    summary = kernels.summary(rows)
+    columns = ["kernel", "target", "compiled", "registers", "spill_bytes", "spilling", "shared_bytes", "offsets",
+               "seconds", "ok", "error"]
+    print(f"Triton kernels compiled ahead of time (no GPU), {len(rows)} specializations\n")
+    print(format_table(summary, columns, right=["compiled", "registers", "spill_bytes", "shared_bytes", "seconds"]))
+    bad = [row for row in summary if not row["ok"]]
+    if bad:
+        print(f"error: {len(bad)} kernel x target rows failed (see {out})", file=sys.stderr)
+    return 1 if bad else 0
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the checks, print the table, write the JSON; exit 1 when a check failed, 2 on a usage error."""
+    args = make_parser().parse_args(argv)
+    if args.compile_only:
+        if os.environ.pop("TRITON_INTERPRET", None) == "1" and "triton" in sys.modules:
+            print("error: --compile-only needs a process where Triton's interpreter was never on: run it without "
+                  "TRITON_INTERPRET=1", file=sys.stderr)
+            return 2
+        return compile_only(args.targets, Path(args.out))
     import torch
 
-    from bench import doctor
+    from bench.doctor.checks import Report, failed, run_doctor, table, write
 
-    args = make_parser().parse_args(argv)
     if not args.dry_run and not torch.cuda.is_available():
-        print("error: no CUDA device here: python -m bench.doctor --dry-run checks what needs none", file=sys.stderr)
+        print("error: no CUDA device here: python -m bench.doctor --dry-run checks what needs none, and "
+              "--compile-only compiles the kernels for real GPUs", file=sys.stderr)
         return 2
-    report = doctor.run(args.dry_run)
-    doctor.write(report, Path(args.out))
-    print(doctor.table(report))
-    bad = doctor.failed(report)
+    report = Report("starting")
+    try:
+        run_doctor(args.dry_run, report)
+    finally:
+        write(report, Path(args.out))
+    print(table(report))
+    bad = failed(report)
     if bad:
         print(f"error: {len(bad)} checks failed (see {args.out})", file=sys.stderr)
     return 1 if bad else 0

@@ -17,10 +17,12 @@ SSM_CHILDREN = ("conv1d", "x_proj_dt", "dt_proj", "B_proj", "C_proj")
 
 @contextmanager
 def flop_counter() -> Iterator[FlopCounterMode]:
-    """FlopCounterMode under no_grad with oneDNN off (else LSTMs are not counted)."""
+    """FlopCounterMode under no_grad with oneDNN and cuDNN off: their fused LSTM kernels have no flop formula, so
+    an LSTM would count 0 MACs; off, it runs as torch's own matmuls (the same math), which the counter sees."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # oneDNN's flag setter warns about Intel GPUs
-        with torch.no_grad(), torch.backends.mkldnn.flags(enabled=False), FlopCounterMode(display=False) as counter:
+        with torch.no_grad(), torch.backends.mkldnn.flags(enabled=False), torch.backends.cudnn.flags(enabled=False), \
+                FlopCounterMode(display=False) as counter:
             yield counter
 
 

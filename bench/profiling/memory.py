@@ -1,11 +1,13 @@
 """Peak memory of steps, memory-vs-length curves, the largest batch under a budget; an OOM is a result."""
 
 import gc
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import torch
 from torch import Tensor, nn
 
+from bench.devices import cuda_index
 from bench.profiling.instruments import LiveTensorPeak, cuda_peak_bytes
 from bench.profiling.workload import ProfileSettings, make_workload, samples
 from variants.config import ModelConfig
@@ -112,33 +114,55 @@ def max_batch_predicted(curve: MemoryCurve, seconds: float, budget_bytes: float)
     return max(int((budget_bytes - fixed) // slope), 0)
 
 
-def max_batch_cuda(model: nn.Module, cfg: ModelConfig, settings: ProfileSettings, budget_bytes: float) -> int:
-    """Largest training batch that runs under the budget on CUDA: doubling, then bisection on real OOMs."""
-    device = torch.device(settings.device)
-    total = torch.cuda.get_device_properties(device).total_memory
-    torch.cuda.set_per_process_memory_fraction(min(budget_bytes / total, 1.0), device)
+def outside_pool_bytes(device: str) -> int:
+    """Device memory in use beyond torch's pool: the CUDA context, library handles (and any other process's)."""
+    index = cuda_index(device)
+    free, total = torch.cuda.mem_get_info(index)
+    return total - free - torch.cuda.memory_reserved(index)
 
-    def fits(batch: int) -> bool:
-        try:
-            work = make_workload(model, cfg, batch, settings.seconds, settings.device, settings.dtype)
-            work.train()
-            work.train()
-            return True
-        except (RuntimeError, MemoryError) as err:
-            if not is_oom(err):
-                raise
-            return False
-        finally:
-            work = None
-            release(settings.device)
 
+@contextmanager
+def emulated_card(budget_bytes: float, device: str) -> Iterator[int]:
+    """Cap torch's pool so that this GPU behaves like a card of `budget_bytes`; yields what the cap left out.
+
+    A real card of that size also holds the CUDA context and library workspaces outside torch's pool
+    (0.3-0.6 GiB), measured here after they exist: capping the pool alone would call too large a batch a fit.
+    """
+    index = cuda_index(device)
+    outside = outside_pool_bytes(device)
+    total = torch.cuda.get_device_properties(index).total_memory
+    torch.cuda.set_per_process_memory_fraction(min(max(budget_bytes - outside, 0) / total, 1.0), index)
     try:
+        yield outside
+    finally:
+        torch.cuda.set_per_process_memory_fraction(1.0, index)
+
+
+def fits_in_pool(model: nn.Module, cfg: ModelConfig, settings: ProfileSettings, batch: int) -> bool:
+    """True when two training steps at this batch run without an out-of-memory error."""
+    try:
+        work = make_workload(model, cfg, batch, settings.seconds, settings.device, settings.dtype)
+        work.train()
+        work.train()
+        return True
+    except (RuntimeError, MemoryError) as err:
+        if not is_oom(err):
+            raise
+        return False
+    finally:
+        work = None
+        release(settings.device)
+
+
+def max_batch_cuda(model: nn.Module, cfg: ModelConfig, settings: ProfileSettings, budget_bytes: float) -> int:
+    """Largest training batch that runs on an emulated card of the budget: doubling, then bisection on real OOMs."""
+    if not fits_in_pool(model, cfg, settings, 1):  # also creates the context and the cuBLAS/cuDNN handles
+        return 0
+    with emulated_card(budget_bytes, settings.device):
         low, high = 0, 1
-        while high <= 4096 and fits(high):
+        while high <= 4096 and fits_in_pool(model, cfg, settings, high):
             low, high = high, high * 2
         while high - low > 1:
             mid = (low + high) // 2
-            low, high = (mid, high) if fits(mid) else (low, mid)
+            low, high = (mid, high) if fits_in_pool(model, cfg, settings, mid) else (low, mid)
         return low
-    finally:
-        torch.cuda.set_per_process_memory_fraction(1.0, device)

@@ -8,8 +8,7 @@ from torch import Tensor
 
 from bench.profiling.instruments import MIB, LiveTensorPeak, SavedTensorBytes, time_call
 from variants.registry import lookup
-from variants.scan import INDEXED_LOOPS, SCANS, cuda_scan_available, selective_scan_ref
-from variants.scan_triton import triton_available
+from variants.scan import INDEXED_LOOPS, SCANS, runnable_scans, selective_scan_ref
 
 FRAMES_2S = 251  # 2 s at hop 128, centered STFT
 
@@ -46,17 +45,12 @@ def scan_inputs(shape: ScanShape, dtype: torch.dtype, device: str, seed: int = 0
     return [t.to(device=device, dtype=dtype).requires_grad_() for t in (u, delta, A, B, C, D)]
 
 
-BENCH_SCANS: dict[str, Callable] = {**INDEXED_LOOPS, **SCANS}
+BENCH_SCANS: dict[str, Callable] = {**INDEXED_LOOPS, **{name: entry.fn for name, entry in SCANS.items()}}
 
 
 def available_scans(device: str) -> list[str]:
-    """Scan names that can run on this device: the reference's indexed loops, ours, cuda where it can."""
-    names = [n for n in BENCH_SCANS if n not in ("cuda", "triton", "auto")]
-    if torch.device(device).type == "cuda" and cuda_scan_available():
-        names.append("cuda")
-    if torch.device(device).type == "cuda" and triton_available():
-        names.append("triton")
-    return names
+    """Scan names that can run on this device: the reference's indexed loops, then every scan whose entry runs here."""
+    return [*INDEXED_LOOPS, *runnable_scans(device)]
 
 
 def _chosen(known: list[str], requested: tuple[str, ...] | None) -> list[str]:

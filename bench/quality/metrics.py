@@ -7,6 +7,7 @@ left out; one whose enhanced output cannot be scored is scored at each metric's 
 
 import math
 import multiprocessing
+import sys
 import warnings
 from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor
@@ -170,10 +171,19 @@ class PesqPool:
 
 
 def _pool_context():
-    # fork: a spawned worker re-imports the caller's __main__ (torch, mlflow: seconds per worker); the
-    # workers only run numpy, scipy and the PESQ C code, which are safe after fork
+    """fork where it is safe, else forkserver (else spawn).
+
+    A spawned worker re-imports the caller's __main__ (torch, mlflow: seconds per worker), and the workers
+    only run numpy, scipy and the PESQ C code, so fork is the fast choice; but a process that has initialised
+    CUDA (its driver threads, NCCL's) must not fork: the children would inherit locks held by threads that are
+    not there. forkserver forks them from a clean server process instead.
+    """
     methods = multiprocessing.get_all_start_methods()
-    return multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+    torch = sys.modules.get("torch")  # imported by the caller or not: the check must not import it
+    cuda_live = torch is not None and torch.cuda.is_initialized()
+    if "fork" in methods and not cuda_live:
+        return multiprocessing.get_context("fork")
+    return multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
 
 
 def summarize(table: pd.DataFrame, metrics: Iterable[str] = METRICS) -> pd.DataFrame:

@@ -18,7 +18,7 @@ import torch
 
 from bench.console import progress
 from bench.data.datasets import Dataset, check_spec, open_dataset
-from bench.devices import device_name
+from bench.devices import device_name, parameter_dtype
 from bench.interrupts import add_kept
 from bench.quality.evaluate import Evaluation, evaluate, write_evaluation
 from bench.training.checkpoint import check_same_model, load_checkpoint, read_checkpoint
@@ -266,7 +266,8 @@ def run_params(cfg: ModelConfig, settings: TrainSettings, dataset: Dataset, devi
     """The config and every setting that fixes the math (the budget is a tag: it may change on --resume)."""
     train = {f"train_{k}": v for k, v in asdict(settings).items() if k not in BUDGET}
     train |= {"train_batch_per_rank": settings.batch // settings.world_size, "train_recipe": recipe}
-    return cfg.to_dict() | train | {"data": dataset.spec, "scan_resolved": resolve_scan(cfg, torch.device(device))}
+    scan = resolve_scan(cfg, torch.device(device), parameter_dtype(settings.precision))
+    return cfg.to_dict() | train | {"data": dataset.spec, "scan_resolved": scan}
 
 
 def run_figures(cfg: ModelConfig, result: TrainResult, evaluation: Evaluation | None, noisy: Evaluation) -> dict:

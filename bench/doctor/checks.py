@@ -1,31 +1,39 @@
-"""`python -m bench.doctor`: every CUDA path of mbsbench checked on a GPU machine in a few minutes.
+"""The doctor's checks: every CUDA path of mbsbench on a GPU machine in a few minutes, each check isolated.
 
 Imports only torch and numpy (a lent GPU machine has no registry access: no mlflow, pesq, pystoi or
-soundfile). Writes one JSON and prints one table. Without CUDA, --dry-run exercises every path that
-does not need it (on tiny shapes) and lists the CUDA checks it skipped.
+soundfile). Without CUDA, the dry run exercises every path that does not need it (on tiny shapes) and
+lists the CUDA checks it skipped. A check that raises is a row with its error; the others go on.
 
-Checks: versions; every scan against the float64 oracle (output and all gradients); the CUDA peak
-memory instrument on a known allocation; the max-batch bisection on real OOMs under an emulated
-12 GB card; profile rows of original, optimized and bsrnn at batch 6, 2 s with each available scan
-(peak memory, step times, RTF, ops); whether original trains at batch 6, 2 s in 12 GB with
+Checks: versions; what scan=auto picks on the device (and why it passed the others over); every scan
+against the float64 oracle (output and all gradients); the CUDA peak memory instrument on a known
+allocation; the max-batch bisection on real OOMs on an emulated 12 GB card (its context and library
+workspaces included); profile rows of original, optimized and bsrnn at batch 6, 2 s with each scan that
+runs here (peak memory, step times, RTF, ops); whether original trains at batch 6, 2 s within 12 GB with
 chunked_ckpt + checkpoint_blocks, and with triton (the reference ran out of memory at batch 2).
 """
 
 import json
 import platform
-import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
+import numpy
 import torch
 
+from bench.devices import resolve_device
 from bench.profiling.instruments import MIB, LiveTensorPeak, cuda_peak_bytes
+from bench.profiling.memory import MemoryCurve, emulated_card, is_oom, max_batch_cuda, release
+from bench.profiling.ops import count_ops
+from bench.profiling.timing import throughput
 from bench.profiling.workload import ProfileSettings, make_workload, measured_model
-from variants.errors import first_line
+from bench.text import format_table
+from variants.errors import error_line, first_line
 from variants.registry import build_config
-from variants.scan import SCANS, cuda_scan_available, selective_scan_ref
-from variants.scan_triton import interpreted, triton_available
+from variants.scan import SCANS, auto_report, cuda_scan_available, runnable_scans, selective_scan_ref
+from variants.scan_triton import TRITON, counting_only, interpreted
 
 CARD_GB = 12.0  # the reference's GPU
 VARIANTS = ("original", "optimized", "bsrnn")
@@ -50,25 +58,31 @@ class Report:
 
 
 def versions() -> dict[str, str]:
-    import numpy
-
     out = {"python": platform.python_version(), "torch": torch.__version__, "numpy": numpy.__version__,
            "cuda": str(torch.version.cuda), "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else
            "none", "triton": "not installed", "mamba_ssm": "importable" if cuda_scan_available() else "absent"}
-    if triton_available():
+    if TRITON:
         import triton
 
         out["triton"] = triton.__version__
     return out
 
 
-def available_scans(device: str) -> list[str]:
-    """The scans that run here: the pure-torch ones, triton (CUDA, or the interpreter), mamba_ssm's kernel."""
-    names = ["naive", "chunked", "chunked_ckpt"]
-    if triton_available() and (device == "cuda" or interpreted()):
-        names.append("triton")
-    if device == "cuda" and cuda_scan_available():
-        names.append("cuda")
+def check_versions(report: Report, device: str) -> None:
+    report.add("versions", device=device, **versions())
+
+
+def check_auto(report: Report, device: str) -> None:
+    """What scan=auto picks on this device, and why it passed the others over."""
+    for name, problem in auto_report(torch.device(device)):
+        report.add("scan=auto here", scan=name, picked=problem is None, reason=problem or "-")
+
+
+def oracle_scans(device: str) -> list[str]:
+    """The scans that run here; on the CPU also those Triton's interpreter runs (TRITON_INTERPRET=1)."""
+    names = runnable_scans(device)
+    if interpreted():
+        names += [name for name, entry in SCANS.items() if entry.interpreter and name not in names]
     return names
 
 
@@ -90,14 +104,13 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 def check_scans(report: Report, device: str, shapes: list[tuple[int, int, int, int]]) -> None:
     """Every scan in float32 on the device against the float64 sequential loop: output and every gradient."""
     for b, length, d, n in shapes:
-        for name in available_scans(device):
-            h0 = name != "cuda"  # mamba_ssm's kernel takes no initial state
-            ref_in = _oracle_inputs(b, length, d, n, h0)
+        for name in oracle_scans(device):
+            ref_in = _oracle_inputs(b, length, d, n, SCANS[name].takes_h0)
             y_ref = selective_scan_ref(*ref_in)
             gy = torch.randn_like(y_ref)
             grads_ref = torch.autograd.grad(y_ref, ref_in, gy)
             inputs = [t.detach().float().to(device).requires_grad_() for t in ref_in]
-            y = SCANS[name](*inputs, chunk_size=32)
+            y = SCANS[name].fn(*inputs, chunk_size=32)
             grads = torch.autograd.grad(y, inputs, gy.float().to(device))
             err = max([_rel(y, y_ref.detach())] + [_rel(g, r) for g, r in zip(grads, grads_ref)])
             report.add("scan vs float64", scan=name, shape=f"b{b} l{length} d{d} n{n}", max_rel_err=err,
@@ -112,7 +125,7 @@ def check_memory_instrument(report: Report, device: str) -> None:
         block = torch.empty(size // 4, dtype=torch.float32, device=device)
         block.fill_(1.0)
 
-    if device == "cuda":
+    if torch.device(device).type == "cuda":
         measured = cuda_peak_bytes(allocate, device)
     else:
         with LiveTensorPeak() as live:
@@ -123,9 +136,7 @@ def check_memory_instrument(report: Report, device: str) -> None:
 
 
 def check_max_batch(report: Report, device: str) -> None:
-    """The bisection on real OOMs under an emulated 12 GB card (optimized, 2 s crops)."""
-    from bench.profiling.memory import max_batch_cuda
-
+    """The bisection on real OOMs on an emulated 12 GB card (optimized, 2 s crops)."""
     cfg = build_config("optimized", scan="chunked_ckpt")
     settings = ProfileSettings(batch=1, seconds=2.0, device=device, rss=False)
     found = max_batch_cuda(measured_model(cfg, device), cfg, settings, CARD_GB * 2**30)
@@ -133,16 +144,10 @@ def check_max_batch(report: Report, device: str) -> None:
 
 
 def profile_rows(report: Report, device: str, batch: int, seconds: float, repeats: int) -> None:
-    """Peak memory, step times, RTF and ops of each variant with each available scan."""
-    from bench.profiling.memory import MemoryCurve
-    from bench.profiling.ops import count_ops
-    from bench.profiling.timing import throughput
-
+    """Peak memory, step times, RTF and ops of each variant with each scan that runs here (not interpreted)."""
     settings = ProfileSettings(batch=batch, seconds=seconds, device=device, repeats=repeats, rss=False)
-    runnable = [s for s in available_scans(device) if device == "cuda" or s != "triton"]  # not the interpreter
     for variant in VARIANTS:
-        scans = runnable if variant != "bsrnn" else ["-"]
-        for scan in scans:
+        for scan in runnable_scans(device) if variant != "bsrnn" else ["-"]:
             cfg = build_config(variant, **({"scan": scan} if scan != "-" else {}))
             model = measured_model(cfg, device)
             row = {"variant": variant, "scan": scan, "batch": batch, "seconds": seconds}
@@ -154,15 +159,12 @@ def profile_rows(report: Report, device: str, batch: int, seconds: float, repeat
                     row |= throughput(model, cfg, settings, mode) | count_ops(model, cfg, settings, mode)
             report.add("profile", **{k: v for k, v in row.items() if not k.endswith(("_min_s", "_max_s"))})
             del model
-            if device == "cuda":
-                torch.cuda.empty_cache()
+            release(device)
 
 
-def triton_ops(report: Report) -> None:
+def triton_ops(report: Report, device: str) -> None:
     """Ops of a training step at batch 1, 2 s with scan=triton, its kernels counted without being run."""
-    from bench.profiling.ops import count_ops
-    from variants.scan_triton import counting_only
-
+    del device  # counted on the CPU: the count does not depend on the device
     settings = ProfileSettings(batch=1, seconds=2.0, rss=False)
     for variant, goal in (("original", 5000), ("optimized", 2000)):
         cfg = build_config(variant, scan="triton")
@@ -174,61 +176,79 @@ def triton_ops(report: Report) -> None:
 
 def fits_in_card(report: Report, device: str) -> None:
     """Does original train at batch 6, 2 s within 12 GB (chunked_ckpt + checkpoint_blocks; triton)?"""
-    from bench.profiling.memory import is_oom, release
-
-    total = torch.cuda.get_device_properties(0).total_memory
     candidates = {"chunked_ckpt + checkpoint_blocks": {"scan": "chunked_ckpt", "checkpoint_blocks": True}}
-    if triton_available():
+    if "triton" in runnable_scans(device):
         candidates["triton"] = {"scan": "triton"}
         candidates["triton + checkpoint_blocks"] = {"scan": "triton", "checkpoint_blocks": True}
-    torch.cuda.set_per_process_memory_fraction(min(CARD_GB * 2**30 / total, 1.0), 0)
-    try:
-        for label, fields in candidates.items():
-            cfg = build_config("original", **fields)
+    for label, fields in candidates.items():
+        cfg = build_config("original", **fields)
+        model = measured_model(cfg, device)
+        make_workload(model, cfg, 1, 0.5, device, "float32").train()  # the context and library handles exist
+        with emulated_card(CARD_GB * 2**30, device) as outside:
+            row = {"setup": label, "outside_pool_mib": outside / MIB}
             try:
-                work = make_workload(measured_model(cfg, device), cfg, 6, 2.0, device, "float32")
-                peak = cuda_peak_bytes(work.train, device)
-                report.add("original, batch 6, 2 s, in 12 GB", setup=label, fits=True, peak_mib=peak / MIB)
+                work = make_workload(model, cfg, 6, 2.0, device, "float32")
+                row |= {"fits": True, "peak_mib": cuda_peak_bytes(work.train, device) / MIB}
             except (RuntimeError, MemoryError) as err:
                 if not is_oom(err):
                     raise
-                report.add("original, batch 6, 2 s, in 12 GB", setup=label, fits=False,
-                           reason=first_line(err, 120))
+                row |= {"fits": False, "reason": first_line(err, 120)}
             finally:
-                work = None
+                work = model = None
                 release(device)
-    finally:
-        torch.cuda.set_per_process_memory_fraction(1.0, 0)
+        report.add("original, batch 6, 2 s, in 12 GB", **row)
 
 
-def run(dry: bool) -> Report:
-    """Every check (dry: the CPU-side ones on tiny shapes, the CUDA ones named as skipped)."""
-    cuda = torch.cuda.is_available() and not dry
-    device = "cuda" if cuda else "cpu"
-    report = Report("cuda" if cuda else "dry run (cpu)")
-    report.add("versions", **versions())
-    shapes = [(31, 251, 128, 12), (8, 251, 256, 16), (251, 31, 256, 16)] if cuda else [(2, 37, 6, 4)]
-    check_scans(report, device, shapes)
-    check_memory_instrument(report, device)
+SKIPPED_WITHOUT_CUDA = [
+    "scans vs float64 on CUDA at the models' shapes (checked here on the CPU, tiny shapes)",
+    "the CUDA allocator's peak memory (the live-tensor instrument was checked instead)",
+    "max batch in 12 GB by bisection on real CUDA OOMs",
+    "profile rows at batch 6, 2 s on the GPU (done here at batch 1, 0.1 s on the CPU)",
+    "whether original trains at batch 6, 2 s within 12 GB",
+]
+
+
+def plan(cuda: bool) -> list[tuple[str, Callable[[Report, str], None]]]:
+    """The checks to run, by name: on a GPU at the models' shapes, else the CPU-side ones on tiny shapes."""
+    common = [("versions", check_versions), ("scan=auto here", check_auto)]
     if cuda:
-        check_max_batch(report, device)
-        profile_rows(report, device, 6, 2.0, 2)
-        fits_in_card(report, device)
-    else:
-        profile_rows(report, device, 1, 0.1, 1)
-        triton_ops(report)
-        report.skipped += [
-            "scans vs float64 on CUDA at the models' shapes (checked here on the CPU, tiny shapes)",
-            "the CUDA allocator's peak memory (the live-tensor instrument was checked instead)",
-            "max batch in 12 GB by bisection on real CUDA OOMs",
-            "profile rows at batch 6, 2 s on the GPU (done here at batch 1, 0.1 s on the CPU)",
-            "whether original trains at batch 6, 2 s within 12 GB",
-        ]
-        if "triton" not in available_scans("cpu"):
+        shapes = [(31, 251, 128, 12), (8, 251, 256, 16), (251, 31, 256, 16)]
+        return [*common, ("scan vs float64", partial(check_scans, shapes=shapes)),
+                ("peak memory instrument", check_memory_instrument), ("max batch in 12 GB", check_max_batch),
+                ("profile", partial(profile_rows, batch=6, seconds=2.0, repeats=2)),
+                ("original, batch 6, 2 s, in 12 GB", fits_in_card)]
+    return [*common, ("scan vs float64", partial(check_scans, shapes=[(2, 37, 6, 4)])),
+            ("peak memory instrument", check_memory_instrument),
+            ("profile", partial(profile_rows, batch=1, seconds=0.1, repeats=1)),
+            ("ops of a training step, scan=triton (counted)", triton_ops)]
+
+
+def run(report: Report, checks: list[tuple[str, Callable[[Report, str], None]]], device: str) -> Report:
+    """Every check in isolation: one that raises adds a row with its error and the others go on.
+
+    Rows land in `report` as they come, so a caller that writes it in a `finally` keeps what was measured.
+    """
+    for name, check in checks:
+        try:
+            check(report, device)
+        except Exception as err:  # a failing check is a result: one row with its error, the rest go on
+            report.add(name, ok=False, error=error_line(err, 300))
+        release(device)
+    return report
+
+
+def run_doctor(dry: bool, report: Report) -> Report:
+    """The whole doctor: on CUDA unless dry; without it the CPU-side checks and the list of what was skipped."""
+    cuda = torch.cuda.is_available() and not dry
+    device = resolve_device("cuda" if cuda else "cpu")
+    report.mode = "cuda" if cuda else "dry run (cpu)"
+    if not cuda:
+        report.skipped += SKIPPED_WITHOUT_CUDA
+        if "triton" not in oracle_scans("cpu"):
             report.skipped.append("scan=triton (needs CUDA, or TRITON_INTERPRET=1 and triton on the CPU)")
         else:
             report.skipped.append("profile rows of scan=triton (the interpreter runs its oracle check only)")
-    return report
+    return run(report, plan(cuda), device)
 
 
 PROFILE_COLUMNS = ["variant", "scan", "peak_train_mib", "peak_infer_mib", "train_step_s", "infer_step_s",
@@ -237,12 +257,12 @@ PROFILE_COLUMNS = ["variant", "scan", "peak_train_mib", "peak_infer_mib", "train
 
 def table(report: Report) -> str:
     """The report as one table per kind of check (every row, its figures, ok / fits where it has one)."""
-    from bench.text import format_table
-
     lines = [f"mbsbench doctor: {report.mode}, {time.monotonic() - report.started:.0f} s"]
     for check in dict.fromkeys(row["check"] for row in report.rows):
         rows = [row for row in report.rows if row["check"] == check]
-        columns = PROFILE_COLUMNS if check == "profile" else list(dict.fromkeys(k for r in rows for k in r))[1:]
+        columns = list(dict.fromkeys(k for r in rows for k in r))[1:]
+        if check == "profile":
+            columns = PROFILE_COLUMNS + [c for c in ("ok", "error") if c in columns]
         lines += ["", check, format_table(rows, columns, right=[c for c in columns if c not in ("variant", "scan")])]
     lines += [""] + [f"skipped: {item}" for item in report.skipped]
     return "\n".join(lines)
@@ -254,10 +274,3 @@ def write(report: Report, path: Path) -> None:
 
 def failed(report: Report) -> list[dict]:
     return [row for row in report.rows if row.get("ok") is False]
-
-
-if __name__ == "__main__":
-    from bench.cli.doctor import main
-
-    sys.exit(main())
-

@@ -1,0 +1,7 @@
+"""`python -m bench.doctor`: the thin entry point (flags in bench/cli/doctor.py)."""
+
+import sys
+
+from bench.cli.doctor import main
+
+sys.exit(main())
