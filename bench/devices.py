@@ -1,6 +1,9 @@
 """Device selection and description."""
 
+import os
 import platform
+import sys
+from pathlib import Path
 
 from variants.errors import MbsbenchError
 
@@ -37,6 +40,50 @@ def cuda_index(device) -> int:
 
     device = torch.device(device)
     return torch.cuda.current_device() if device.index is None else device.index
+
+
+def cgroup_cpu_quota(root: Path = Path("/sys/fs/cgroup")) -> float | None:
+    """The CPU quota of this process's cgroup in cores (cgroup v2 cpu.max, or v1 cfs quota), None when unlimited."""
+    try:
+        own = next((line.split("::", 1)[1].strip() for line in Path("/proc/self/cgroup").read_text().splitlines()
+                    if line.startswith("0::")), "/")
+    except OSError:
+        own = "/"
+    for folder in (root / own.lstrip("/"), root):
+        try:
+            limit, period = (folder / "cpu.max").read_text().split()[:2]
+            return None if limit == "max" else int(limit) / int(period)
+        except (OSError, ValueError):
+            continue
+    try:
+        quota = int((root / "cpu" / "cpu.cfs_quota_us").read_text())
+        return None if quota <= 0 else quota / int((root / "cpu" / "cpu.cfs_period_us").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def usable_cores(root: Path = Path("/sys/fs/cgroup")) -> int:
+    """The cores this process may run on: its CPU affinity, capped by its container's CPU quota (at least 1)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    quota = cgroup_cpu_quota(root)
+    return max(1, min(cores, int(quota))) if quota else cores
+
+
+def use_threads(threads: int | None, processes: int = 1) -> int:
+    """Set torch's CPU threads; the number set. None: OMP_NUM_THREADS when the user set it, else the usable cores
+    shared by the processes on this machine (`processes`, or torchrun's LOCAL_WORLD_SIZE in a rank).
+
+    Before torch is imported, OMP_NUM_THREADS says it (torch reads it at import, and torchrun's ranks inherit
+    it), so that a bad flag is still refused without loading torch; after, torch.set_num_threads.
+    """
+    given = os.environ.get("OMP_NUM_THREADS", "")
+    processes = int(os.environ.get("LOCAL_WORLD_SIZE", processes))
+    count = threads or (int(given) if given.isdigit() and int(given) > 0 else max(1, usable_cores() // processes))
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(count)
+    else:
+        os.environ["OMP_NUM_THREADS"] = str(count)
+    return count
 
 
 def device_name(device: str) -> str:

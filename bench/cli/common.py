@@ -92,7 +92,11 @@ def add_set(parser: argparse.ArgumentParser) -> None:
 
 
 def add_device(parser: argparse.ArgumentParser) -> None:
+    """--device, and --threads: torch's CPU threads, applied by the shell before the command runs."""
     parser.add_argument("--device", default="auto", help=DEVICE_HELP)
+    parser.add_argument("--threads", type=positive_int, help="torch's CPU threads (default: the cores this process "
+                        "may use, honouring CPU affinity and a container's CPU quota); lower it, e.g. to 1, when "
+                        "other work shares the cores: threads that spin against another process slow a step 15x")
 
 
 def add_tracking(parser: argparse.ArgumentParser, optional: bool = True) -> None:

@@ -53,7 +53,8 @@ def compile_only(targets: tuple[int, ...], out: Path) -> int:
     rows: list[dict] = []
     try:
         rows = kernels.compile_all(targets, progress=lambda row: status(
-            f"compiled {row['kernel']} for {row['target']} ({row['inputs']}): {'ok' if row['ok'] else 'FAILED'}"))
+            f"compiled {row['kernel']} for {row['target']} ({row['inputs']}, BLOCK_N {row['BLOCK_N']}, h0 "
+            f"{row.get('HAS_H0', '-')}): {'ok' if row['ok'] else 'FAILED'}"))
     finally:
         out.write_text(json.dumps({"mode": "compile-only", "rows": rows}, indent=2, default=str))
     summary = kernels.summary(rows)

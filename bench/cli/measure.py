@@ -23,7 +23,8 @@ def profile_settings(args: argparse.Namespace, device: str, **fixed):
 
     values = {"batch": args.batch, "seconds": args.seconds, "dtype": args.dtype, "budget_gb": args.budget_gb,
               "lengths": args.lengths or (), "repeats": args.repeats, "rss": not args.no_rss,
-              "ops_only": getattr(args, "ops_only", False)} | fixed
+              "ops_only": getattr(args, "ops_only", False),
+              "strict_timing": getattr(args, "strict_timing", False)} | fixed
     return ProfileSettings(device=device, **values)
 
 
@@ -51,6 +52,7 @@ def profile_named(names_: list[str], overrides: dict, settings, uri: str | None,
 
         record = profile_recorder(uri)
     rows = profile_variants(configs, settings, record)
+    refused = [row["variant"] for row in rows if row.get("status") == "refused"]
     unlogged = [row for row in rows if row.get("run_id") == ""]
     if unlogged:  # measured but not logged: kept in a file, not lost
         from bench.tracking.records import keep_unlogged
@@ -58,7 +60,12 @@ def profile_named(names_: list[str], overrides: dict, settings, uri: str | None,
         path = keep_unlogged(rows, "profile")
         raise MbsbenchError(f"MLflow logging failed for {len(unlogged)} of {len(rows)} profiles "
                             f"({unlogged[0]['log_error']}); every row is in {path}")
-    return json.dumps(rows, indent=2, default=str) if fmt == "json" else profile_table(rows, settings)
+    text = json.dumps(rows, indent=2, default=str) if fmt == "json" else profile_table(rows, settings)
+    if refused:  # the rows stay on stdout and in the store; the command says it refused their times
+        print(text)
+        raise MbsbenchError(f"--strict-timing refused the times of {', '.join(refused)}: other processes used the "
+                            "CPU while timing (see the reason); rerun on an idle machine, or with fewer --threads")
+    return text
 
 
 def cmd_profile(args: argparse.Namespace) -> str:
@@ -91,7 +98,7 @@ def _compare(args: argparse.Namespace, settings, overrides: dict) -> str:
     if args.format == "json":
         return json.dumps(rows, indent=2)
     columns = ["variant", "scan", "chunk", "infer_step_s", "train_step_s", "rtf_infer", "rtf_train",
-               "peak_mem_train_mib", "ops_train_step"]
+               "peak_mem_train_mib", "ops_train_step", "timing"]
     head = f"device: {device_name(settings.device)}, batch {settings.batch}, {settings.seconds} s, median of "
     head += f"{settings.repeats} after {settings.warmup} warm-up; each row in a fresh process\n"
     return head + format_table(rows, columns, columns[2:])
@@ -134,7 +141,7 @@ def cmd_scan(args: argparse.Namespace) -> str:
                        lambda: keep_unlogged(rows, "scan"))
     if args.format == "json":
         return json.dumps({"device": device_name(device), "chunk_size": args.chunk, "rows": rows}, indent=2)
-    columns = ["shape", "scan", "b", "l", "d", "n", "fwd_s", "fwd_bwd_s", "saved_mib", "peak_live_mib"]
+    columns = ["shape", "scan", "b", "l", "d", "n", "fwd_s", "fwd_bwd_s", "saved_mib", "peak_live_mib", "timing"]
     columns += [] if args.no_check else ["max_rel_err"]
     head = f"device: {device_name(device)}, float32, chunk {args.chunk}, median of {args.repeats} after warm-up\n"
     return head + format_table(rows, columns, right=[c for c in columns if c not in ("shape", "scan")])
@@ -179,6 +186,9 @@ def add_measure_commands(sub) -> None:
     add_profile_flags(p)
     add_ops_flag(p)
     add_device(p)
+    p.add_argument("--strict-timing", action="store_true", help="refuse a row timed while other processes used "
+                   "half a core or more (its times dropped, status 'refused', exit 2); without it such a row is "
+                   "marked 'busy' in the timing column")
     p.add_argument("--scans", type=names, help="--compare: comma-separated scans (default: every available one)")
     p.add_argument("--chunks", type=comma_list(int, 1), help="--compare: chunk sizes, e.g. 16,32,64,128 "
                                                              "(default 32)")

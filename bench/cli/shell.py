@@ -64,6 +64,10 @@ def run_main(make_parser: Callable[[], argparse.ArgumentParser], argv: list[str]
     args = make_parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # what was typed (bench run --nproc relaunches it)
     set_verbosity(getattr(args, "verbosity", 0))
+    if hasattr(args, "threads"):  # every command that computes: before torch computes anything
+        from bench.devices import use_threads
+
+        args.threads = use_threads(args.threads, getattr(args, "nproc", None) or 1)
     forget_clients()
     previous = signal.signal(signal.SIGTERM, _terminate)
     try:

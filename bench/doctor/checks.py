@@ -24,6 +24,7 @@ import numpy
 import torch
 
 from bench.devices import resolve_device
+from bench.profiling.contention import timing_conditions
 from bench.profiling.instruments import MIB, LiveTensorPeak, cuda_peak_bytes
 from bench.profiling.memory import MemoryCurve, emulated_card, is_oom, max_batch_cuda, release
 from bench.profiling.ops import count_ops
@@ -157,6 +158,7 @@ def profile_rows(report: Report, device: str, batch: int, seconds: float, repeat
                 row[f"peak_{mode}_mib"] = point["peak_bytes"] / MIB if point["status"] == "ok" else point["reason"]
                 if point["status"] == "ok":
                     row |= throughput(model, cfg, settings, mode) | count_ops(model, cfg, settings, mode)
+            row |= timing_conditions(row, strict=False)
             report.add("profile", **{k: v for k, v in row.items() if not k.endswith(("_min_s", "_max_s"))})
             del model
             release(device)
@@ -252,7 +254,7 @@ def run_doctor(dry: bool, report: Report) -> Report:
 
 
 PROFILE_COLUMNS = ["variant", "scan", "peak_train_mib", "peak_infer_mib", "train_step_s", "infer_step_s",
-                   "rtf_infer", "ops_train_step", "ops_infer_step", "triton_launches_train_step"]
+                   "rtf_infer", "ops_train_step", "ops_infer_step", "triton_launches_train_step", "timing"]
 
 
 def table(report: Report) -> str:

@@ -13,6 +13,8 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
+from bench.profiling.contention import CpuWindow
+
 MIB = 2**20
 
 
@@ -22,18 +24,21 @@ def synchronize(device: torch.device | str) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_call(fn: Callable[[], Any], repeats: int = 5, warmup: int = 1, device: str = "cpu") -> dict[str, float]:
-    """Median, min and max seconds of fn() over repeats, after warm-up calls (synchronized on CUDA)."""
+def time_call(fn: Callable[[], Any], repeats: int = 5, warmup: int = 1, device: str = "cpu") -> dict[str, Any]:
+    """Median, min and max seconds of fn() over repeats, after warm-up calls (synchronized on CUDA), and the
+    conditions of the timing: other processes' cores in use meanwhile, whether that made it contended."""
     for _ in range(warmup):
         fn()
     synchronize(device)
     times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        synchronize(device)
-        times.append(time.perf_counter() - start)
-    return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times), "repeats": repeats}
+    with CpuWindow() as window:
+        for _ in range(repeats):
+            start = time.perf_counter()
+            fn()
+            synchronize(device)
+            times.append(time.perf_counter() - start)
+    return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times), "repeats": repeats,
+            "other_cores": window.other_cores, "contended": window.contended}
 
 
 class _StorageLedger:

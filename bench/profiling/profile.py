@@ -10,6 +10,7 @@ import torch
 from bench.console import status
 from bench.devices import device_name
 from bench.interrupts import ignore_interrupts
+from bench.profiling.contention import timing_conditions
 from bench.profiling.instruments import MIB
 from bench.profiling.macs import count_macs
 from bench.profiling.memory import MemoryCurve, max_batch_cuda, max_batch_predicted
@@ -72,7 +73,7 @@ def profile_variant(name: str, cfg: ModelConfig, settings: ProfileSettings) -> d
     for mode in ("infer", "train"):
         if mode in fitted:
             out |= count_ops(model, cfg, s, mode) | throughput(model, cfg, s, mode)
-    return out
+    return out | timing_conditions(out, s.strict_timing)
 
 
 def failure_row(name: str, settings: ProfileSettings, err: Exception) -> dict:
@@ -130,4 +131,5 @@ def _compare_row(cfg: ModelConfig, settings: ProfileSettings) -> dict[str, float
     point = MemoryCurve(model, cfg, settings).measure(settings.batch, settings.seconds, "train")
     peak = point["peak_bytes"] / MIB if point["status"] == "ok" else None
     row = throughput(model, cfg, settings, "infer") | throughput(model, cfg, settings, "train")
-    return row | {"peak_mem_train_mib": peak} | count_ops(model, cfg, settings, "train")
+    row |= {"peak_mem_train_mib": peak} | count_ops(model, cfg, settings, "train")
+    return row | timing_conditions(row, settings.strict_timing)

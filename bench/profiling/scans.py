@@ -6,6 +6,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from bench.profiling.contention import timing_label
 from bench.profiling.instruments import MIB, LiveTensorPeak, SavedTensorBytes, time_call
 from variants.registry import lookup
 from variants.scan import INDEXED_LOOPS, SCANS, runnable_scans, selective_scan_ref
@@ -98,11 +99,13 @@ def measure_scan(fn: Callable, inputs: list[Tensor], chunk: int, repeats: int, d
     del y
     with LiveTensorPeak(baseline=inputs) as live:
         train()
+    timings = [time_call(forward, repeats, 1, device), time_call(train, repeats, 1, device)]
     return {
-        "fwd_s": time_call(forward, repeats, 1, device)["median_s"],
-        "fwd_bwd_s": time_call(train, repeats, 1, device)["median_s"],
+        "fwd_s": timings[0]["median_s"],
+        "fwd_bwd_s": timings[1]["median_s"],
         "saved_mib": saved.total_bytes / MIB,
         "peak_live_mib": live.peak_bytes / MIB,
+        "timing": timing_label(timings)[2],
     }
 
 

@@ -8,8 +8,9 @@ from bench.profiling.workload import ProfileSettings, make_workload
 from variants.config import ModelConfig
 
 
-def throughput(model: nn.Module, cfg: ModelConfig, settings: ProfileSettings, mode: str) -> dict[str, float]:
-    """Median step time, spread, real-time factor and audio seconds per second of one mode."""
+def throughput(model: nn.Module, cfg: ModelConfig, settings: ProfileSettings, mode: str) -> dict:
+    """Median step time, spread, real-time factor and audio seconds per second of one mode, and the other
+    processes' cores in use while it was timed (contended when half a core or more)."""
     s = settings
     work = make_workload(model, cfg, s.batch, s.seconds, s.device, s.dtype)
     timing = time_call(work.step(mode), s.repeats, s.warmup, s.device)
@@ -20,6 +21,8 @@ def throughput(model: nn.Module, cfg: ModelConfig, settings: ProfileSettings, mo
         f"{mode}_step_max_s": timing["max_s"],
         f"rtf_{mode}": timing["median_s"] / audio,
         f"{mode}_audio_s_per_s": audio / timing["median_s"],
+        f"{mode}_other_cores": timing["other_cores"],
+        f"{mode}_contended": timing["contended"],
     }
 
 

@@ -28,6 +28,7 @@ class ProfileSettings:
     warmup: int = 1
     rss: bool = True
     ops_only: bool = False  # parameters, MACs and op counts only (no step is timed or measured)
+    strict_timing: bool = False  # a row timed while other processes used half a core or more is refused
 
     def __post_init__(self) -> None:
         if self.batch < 1:

@@ -33,7 +33,7 @@ def _finite(metrics: Mapping[str, object]) -> dict[str, float]:
 def record_profile(result: dict, config: dict, uri: str, table_text: str = "", extra_tags: dict | None = None) -> str:
     """Log one profile (experiment 'profile'); returns the run id."""
     tags = provenance_tags(result["device"]) | {"task": "profile", "variant": result["variant"]} | (extra_tags or {})
-    tags |= {"status": result["status"], "reason": result.get("reason", "")[:500]}
+    tags |= {"status": result["status"], "reason": result.get("reason", "")[:500], "timing": result.get("timing", "-")}
     with start_run(uri, EXPERIMENTS["profile"], f"profile {result['variant']}", tags) as run:
         run.log_params(config | {f"run_{k}": result[k] for k in PROFILE_CONDITIONS if k in result})
         run.log_metrics({k: result[k] for k in PROFILE_FIGURES if isinstance(result.get(k), int | float)})

@@ -38,7 +38,7 @@ PROFILE_FIGURES: tuple[str, ...] = (
     "peak_mem_infer_mib", "peak_rss_train_mib", "peak_rss_infer_mib", "max_batch_train", "infer_step_s",
     "infer_step_min_s", "infer_step_max_s", "rtf_infer", "infer_audio_s_per_s", "train_step_s", "train_step_min_s",
     "train_step_max_s", "rtf_train", "train_audio_s_per_s", "ops_train_step", "ops_infer_step",
-    "triton_launches_train_step", "triton_launches_infer_step",
+    "triton_launches_train_step", "triton_launches_infer_step", "timing_other_cores",
 )
 PROFILE_CONDITIONS: tuple[str, ...] = (
     "device", "batch", "seconds", "dtype", "budget_gb", "repeats", "warmup", "threads", "max_batch_method", "ops_only",
@@ -47,7 +47,7 @@ PROFILE_CONDITIONS: tuple[str, ...] = (
 PROFILE_COLUMNS: tuple[str, ...] = (
     "variant", "params", "macs_g_per_s", "scan_macs_g_per_s", "peak_mem_train_mib", "peak_mem_infer_mib",
     "peak_rss_train_mib", "max_batch_train", "infer_step_s", "train_step_s", "rtf_infer", "ops_train_step",
-    "ops_infer_step", "triton_launches_train_step", "status",
+    "ops_infer_step", "triton_launches_train_step", "timing", "status",
 )
 # the columns of the `bench run` / `bench ablate` summary
 RUN_COLUMNS: tuple[str, ...] = (
