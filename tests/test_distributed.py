@@ -126,7 +126,9 @@ def test_reference_recipe_turns_metricgan_on(tmp_path: Path) -> None:
     reference = train_settings(RunRequest(("optimized",), recipe="reference"), "synth", 0)
     assert (reference.metricgan, reference.batch, reference.crop_seconds, reference.epochs) == (True, 6, 2.0, 120)
     synth = train_settings(RunRequest(("optimized",)), "synth", 0)
-    assert not synth.metricgan and synth.minutes == 5.0
+    assert not synth.metricgan and (synth.steps, synth.minutes, synth.batch, synth.crop_seconds) == (240, None, 4, 1.0)
+    steps = train_settings(RunRequest(("optimized",), steps=30), "synth:seed=3", 0)  # one recipe, any budget
+    assert (steps.steps, steps.batch, steps.crop_seconds) == (30, 4, 1.0)
     off = train_settings(RunRequest(("optimized",), recipe="reference", metricgan=False, steps=10), "vbd:x", 0)
     assert not off.metricgan and off.steps == 10 and off.epochs is None
     assert json.dumps(reference.world_size) == "1"

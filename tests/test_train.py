@@ -64,10 +64,16 @@ def test_run_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
             "--crop-seconds", "0.5", "--workers", "1", "--out", str(tmp_path / "runs"), "--tracking-uri", uri,
             "--format", "json", "--device", "cpu"]
     assert main(argv) == 0
-    rows = json.loads(capsys.readouterr().out)
+    out, err = capsys.readouterr()
+    rows = json.loads(out)  # the closing lines go to stderr under --format json
     assert rows[0]["variant"] == "noisy input" and rows[1]["variant"] == "optimized"
+    folder = tmp_path / "runs" / "optimized-seed0"
+    assert "optimized seed 0: 2 steps of batch 2 x 0.5 s crops = 0.50 epochs" in err and str(folder) in err
+    assert "warning: optimized seed 0 trained on less than one epoch (0.50)" in err
+    assert f"next: python -m reports tables --tracking-uri {uri}" in err
     assert rows[1]["status"] == "ok" and rows[1]["pesq_wb_n"] == 4
     run = search_runs(uri, "mbsbench-run").iloc[0]
+    assert f"MLflow run {run['run_id']} in {uri}" in err
     assert run["metrics.pesq_wb"] == pytest.approx(rows[1]["pesq_wb"])
     assert run["metrics.noisy_pesq_wb"] == pytest.approx(rows[0]["pesq_wb"])
     assert run["params.feature_dim"] == "16" and run["tags.data_fingerprint"]
@@ -174,3 +180,19 @@ def test_ablate_again_skips_the_finished_pairs(tmp_path: Path, capsys: pytest.Ca
     assert argv[11:13] == ["--steps", "1"]
     assert main([*argv[:12], "2", *argv[13:]]) == 2  # --steps 2 is another run: its folders are not overwritten
     assert "holds a run already" in capsys.readouterr().err
+
+
+def test_a_run_below_the_noisy_input_says_so() -> None:
+    """An 11-step model scored below the noisy input on STOI, SSNR and SI-SDR and the run ended 'ok' in silence."""
+    from bench.training.experiment import ExperimentOutcome, RunOutcome
+    from bench.training.request import TrainSettings
+    from bench.training.trainer import TrainResult
+
+    figures = {"pesq_wb": 1.6, "noisy_pesq_wb": 1.5, "stoi": 0.80, "noisy_stoi": 0.85, "ssnr": 1.0, "noisy_ssnr": 2.0}
+    run = RunOutcome("optimized", 0, TrainResult(steps=11, epochs=0.04, seconds=300.0), None, figures, "abc",
+                     TrainSettings(batch=4, crop_seconds=1.0, steps=11), Path("runs/optimized-seed0"))
+    lines, warnings = ExperimentOutcome(None, [run], [], "sqlite:///m.db").closing()
+    assert lines[0] == ("optimized seed 0: 11 steps of batch 4 x 1 s crops = 0.04 epochs, 5.0 min; results in "
+                        "runs/optimized-seed0, MLflow run abc in sqlite:///m.db")
+    assert warnings[-1] == "optimized seed 0 scores below the noisy input on STOI, SSNR"
+    assert "less than one epoch (0.04)" in warnings[0] and lines[-1].startswith("next: python -m reports tables")

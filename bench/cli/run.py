@@ -67,15 +67,24 @@ def train(args: argparse.Namespace, variants: list[str], parent_name: str | None
 
 
 def _render(outcome, fmt: str) -> str:
+    """The result table (or JSON), then each run's recipe, where its results went and the next command (on
+    stderr under --format json, so that stdout parses); warnings on stderr."""
+    from bench.console import status, warn
     from bench.text import format_table
     from bench.tracking.schema import RUN_COLUMNS
 
     if outcome.noisy is None:  # a rank other than 0: rank 0 prints the table
         return ""
     rows = outcome.rows()
+    lines, warnings = outcome.closing()
+    for line in warnings:
+        warn(line)
     if fmt == "json":
+        for line in lines:
+            status(line)
         return json.dumps(rows, indent=2, default=str)
-    return "test split, full utterances; mean over utterances\n" + format_table(rows, RUN_COLUMNS, RUN_COLUMNS[3:])
+    table = format_table(rows, RUN_COLUMNS, RUN_COLUMNS[3:])
+    return "\n".join(["test split, full utterances; mean over utterances", table, "", *lines])
 
 
 def cmd_run(args: argparse.Namespace) -> str:

@@ -9,6 +9,7 @@ to the store.
 
 import hashlib
 import json
+import math
 import shutil
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, replace
@@ -21,6 +22,7 @@ from bench.data.datasets import Dataset, check_spec, open_dataset
 from bench.devices import device_name, parameter_dtype
 from bench.interrupts import add_kept
 from bench.quality.evaluate import Evaluation, evaluate, write_evaluation
+from bench.tracking.schema import METRIC_LABELS
 from bench.training.checkpoint import check_same_model, load_checkpoint, read_checkpoint
 from bench.training.request import (
     BUDGET,
@@ -51,6 +53,8 @@ class RunOutcome:
     evaluation: Evaluation | None
     figures: dict
     run_id: str = ""
+    settings: TrainSettings | None = None
+    folder: Path | None = None
 
     def row(self) -> dict:
         status = self.train.status if self.evaluation else f"{self.train.status} (no checkpoint)"
@@ -65,12 +69,36 @@ class ExperimentOutcome:
     noisy: Evaluation
     runs: list[RunOutcome]
     earlier: list[dict] = field(default_factory=list)
+    tracking_uri: str | None = None
 
     def rows(self) -> list[dict]:
         from bench.tracking.records import summary_means
 
         noisy = {"variant": "noisy input", "seed": "-", "status": "ok"} | summary_means(self.noisy)
         return [noisy] + self.earlier + [run.row() for run in self.runs]
+
+    def closing(self) -> tuple[list[str], list[str]]:
+        """(lines, warnings): each run's recipe and where its results went, the next command; a warning for a
+        run that trained on less than one epoch or scored below the noisy input."""
+        lines, warnings = [], []
+        for run in self.runs:
+            label = f"{run.variant} seed {run.seed}"
+            if run.settings is not None:
+                s, t = run.settings, run.train
+                lines.append(f"{label}: {t.steps} steps of batch {s.batch} x {s.crop_seconds:g} s crops = "
+                             f"{t.epochs:.2f} epochs, {t.seconds / 60:.1f} min; results in {run.folder}"
+                             + (f", MLflow run {run.run_id} in {self.tracking_uri}" if run.run_id else ""))
+                if t.epochs < 1:
+                    warnings.append(f"{label} trained on less than one epoch ({t.epochs:.2f}): give it more "
+                                    "--steps for scores that say something about the variant")
+            figures = run.figures
+            worse = [text for m, text in METRIC_LABELS.items()
+                     if figures.get(m, math.inf) < figures.get(f"noisy_{m}", -math.inf)]
+            if worse:
+                warnings.append(f"{label} scores below the noisy input on {', '.join(worse)}")
+        if self.tracking_uri and self.runs:
+            lines.append(f"next: python -m reports tables --tracking-uri {self.tracking_uri}")
+        return lines, warnings
 
 
 def open_splits(spec: str) -> Dataset:
@@ -98,7 +126,7 @@ def run_experiment(request: RunRequest, context: RunContext) -> ExperimentOutcom
         for name, cfg, seed in todo:
             saved = resumed.get((name, seed), {})
             outcomes.append(_one(request, context, name, cfg, seed, dataset, noisy, parent_id, saved))
-    return ExperimentOutcome(noisy, outcomes, list(earlier.values()))
+    return ExperimentOutcome(noisy, outcomes, list(earlier.values()), context.tracking_uri)
 
 
 def run_key(cfg: ModelConfig, settings: TrainSettings, dataset: Dataset) -> str:
@@ -227,7 +255,8 @@ def _train_and_score(trainer: Trainer, name: str, cfg: ModelConfig, seed: int, d
         load_checkpoint(result.best_path, cfg, name, trainer.model)
         evaluation, audio = evaluate(dataset, "test", trainer.model, context.device, with_pcs=True,
                                      workers=context.workers, keep_audio=3, precision=trainer.s.precision)
-    outcome = RunOutcome(name, seed, result, evaluation, run_figures(cfg, result, evaluation, noisy))
+    outcome = RunOutcome(name, seed, result, evaluation, run_figures(cfg, result, evaluation, noisy),
+                         settings=trainer.s, folder=trainer.folder)
     paths = write_evaluation(evaluation, trainer.folder / "test") if evaluation else {}
     outcome.run_id = record.run_id if record is not None else ""
     write_result(trainer.folder / "result.json", outcome, key)
