@@ -10,7 +10,9 @@ from bench.cli.shell import make_root, run_main
 
 
 def make_parser():
-    parser, sub = make_root("python -m bench", "mbsbench: measure MBS-Net variants")
+    parser, sub = make_root("python -m bench", "mbsbench: measure MBS-Net variants",
+                              "  python -m bench list\n  python -m bench profile --variant optimized\n"
+                              "  python -m bench run --variant optimized\n  python -m bench COMMAND --help")
     add_model_commands(sub)
     add_measure_commands(sub)
     add_quality_commands(sub)

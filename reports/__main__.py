@@ -15,7 +15,7 @@ def _store(args: argparse.Namespace):
     from reports.collect import load_store
 
     uri = resolve_uri(args.tracking_uri)
-    client(uri)
+    client(uri, read_only=True)
     return load_store(uri)
 
 
@@ -41,7 +41,9 @@ def cmd_plots(args: argparse.Namespace) -> str:
 
 
 def make_parser() -> argparse.ArgumentParser:
-    parser, sub = make_root("python -m reports", "paper tables and plots from MLflow")
+    parser, sub = make_root("python -m reports", "paper tables and plots from MLflow",
+                              "  python -m reports tables\n  python -m reports plots --out paper/\n"
+                              "  python -m reports COMMAND --help")
     p = add_command(sub, "tables", "main, ablation, claimed vs measured, literature, studies",
                     "  python -m reports tables\n  python -m reports tables --format latex --out paper/", cmd_tables)
     p.add_argument("--format", choices=FORMATS, default="md", help="md (Markdown) or latex (booktabs); default md")

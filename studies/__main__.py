@@ -123,7 +123,9 @@ def show(name: str, storage) -> str:
 
 
 def cmd_show(args: argparse.Namespace) -> str:
-    return show(args.name, storage_settings(args))
+    settings = storage_settings(args)
+    settings.require_existing()
+    return show(args.name, settings)
 
 
 def add_storage(p: argparse.ArgumentParser) -> None:
@@ -168,7 +170,9 @@ def add_space(p: argparse.ArgumentParser) -> None:
 
 
 def make_parser() -> argparse.ArgumentParser:
-    parser, sub = make_root("python -m studies", "Optuna studies over ModelConfig knobs, on one or many machines")
+    parser, sub = make_root("python -m studies", "Optuna studies over ModelConfig knobs, on one or many machines",
+                              "  python -m studies search --space d_state,chunk_size --trials 40\n"
+                              "  python -m studies show NAME\n  python -m studies COMMAND --help")
     p = add_command(sub, "create", "create a study and queue its points once (safe to run twice, from anywhere)",
                     "  python -m studies create --space d_state,chunk_size --objective memory --storage "
                     "postgresql://lab@db/studies --study-name mem", cmd_create)

@@ -39,6 +39,14 @@ class StorageSettings:
     def is_journal(self) -> bool:
         return "://" not in self.url
 
+    def require_existing(self) -> None:
+        """For commands that only read: a journal or sqlite file that is not there is an error, never created."""
+        path = Path(self.url).expanduser() if self.is_journal else \
+            Path(self.url[len("sqlite:///"):]) if self.url.startswith("sqlite:///") else None
+        if path is not None and not path.is_file():
+            raise MbsbenchError(f"--storage {self.url}: no such storage ({path} does not exist); give the one "
+                                "studies create / search wrote to")
+
 
 @contextmanager
 def stable_enough() -> Iterator[None]:

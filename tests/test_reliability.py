@@ -226,6 +226,12 @@ def test_sigint_keeps_the_checkpoint_and_kills_the_run(tmp_path: Path) -> None:
 
     assert [s for s, _ in metric_history(uri, run["run_id"], "train_loss")] == list(range(1, step + 1))
     assert [s for s, _ in metric_history(uri, run["run_id"], "val_loss")][-1] >= step - 5
+    resumed = cli(*RUN, "--steps", str(step + 1), "--val-every", "5", "--checkpoint-every", "5", "--out",
+                  str(tmp_path / "out"), "--tracking-uri", uri, "--resume", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    run = run_store(uri).iloc[0]  # the same run, finished: it no longer says it was interrupted
+    assert run["status"] == "FINISHED" and "interrupted" in run["tags.previous_end_reason"]
+    assert "tags.end_reason" not in run or not isinstance(run["tags.end_reason"], str)
 
 
 def test_silent_output_is_a_failure_at_the_worst_value(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -42,11 +42,13 @@ def version_text() -> str:
         return "mbsbench (not installed)"
 
 
-def make_root(prog: str, description: str) -> tuple[OneLineParser, argparse._SubParsersAction]:
-    """The top-level parser of a CLI, with --version and its subcommand table."""
-    parser = OneLineParser(prog=prog, description=description)
+def make_root(prog: str, description: str, examples: str) -> tuple[OneLineParser, argparse._SubParsersAction]:
+    """The top-level parser of a CLI, with --version, its subcommand table and examples under --help."""
+    parser = OneLineParser(prog=prog, description=description, epilog="examples:\n" + examples,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=version_text())
-    return parser, parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    return parser, parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                         help=f"what to do ({prog} COMMAND --help for its flags)")
 
 
 def _terminate(signum, _frame) -> None:

@@ -211,8 +211,13 @@ def ensure_corpus(settings: SynthSettings | None = None, cache: Path | None = No
     folder = root / settings.key()
     if (folder / "meta.csv").exists():
         return folder
-    root.mkdir(parents=True, exist_ok=True)
-    with open(root / f"{settings.key()}.lock", "w") as lock:
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        lock = open(root / f"{settings.key()}.lock", "w")  # noqa: SIM115 - held below, closed by the with
+    except OSError as err:
+        raise MbsbenchError(f"cache folder {root}: cannot write the corpus there ({err.strerror}); set "
+                            "MBSBENCH_CACHE to a writable folder") from None
+    with lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not (folder / "meta.csv").exists():
             partial = root / f"{settings.key()}.partial"

@@ -137,20 +137,25 @@ def forget_clients() -> None:
     _CLIENTS.clear()
 
 
-def client(uri: str):
+def client(uri: str, read_only: bool = False):
     """The MlflowClient of a URI (one per process): the store checked, its schema created once under a lock,
-    and runs left RUNNING by dead processes of this host marked KILLED."""
+    and runs left RUNNING by dead processes of this host marked KILLED. Read-only (reports): a sqlite file that
+    does not exist is an error, never a new empty store."""
     key = (os.getpid(), uri)
     if key in _CLIENTS:
         return _CLIENTS[key]
+    path = _sqlite_path(uri)
+    if read_only and path is not None and not path.is_file():
+        raise MbsbenchError(f"tracking URI {uri}: no such store ({path} does not exist); give the store that "
+                            "bench profile / run logged to")
     check_reachable(uri)
     mlflow = mlflow_module()
-    with _creation_lock(uri):
-        tracking = mlflow.tracking.MlflowClient(tracking_uri=database_url(uri))
-        try:
+    try:
+        with _creation_lock(uri):
+            tracking = mlflow.tracking.MlflowClient(tracking_uri=database_url(uri))
             tracking.search_experiments(max_results=1)  # creates the schema on first use
-        except (mlflow.exceptions.MlflowException, OSError) as err:
-            raise MbsbenchError(f"tracking URI {uri}: not usable ({first_line(err, 160)})") from None
+    except (mlflow.exceptions.MlflowException, OSError) as err:
+        raise MbsbenchError(f"tracking URI {uri}: not usable ({first_line(err, 160)})") from None
     _CLIENTS[key] = tracking
     from bench.tracking.liveness import mark_orphans
 
@@ -261,10 +266,14 @@ class Run:
         self.tracking.set_terminated(self.run_id, status)
 
     def reopen(self) -> None:
-        """Set a terminated run RUNNING again, owned by this process (a resumed training)."""
+        """Set a terminated run RUNNING again, owned by this process (a resumed training); why it ended before
+        moves to 'previous_end_reason', so that a run that then finishes does not say it was interrupted."""
         from bench.tracking.liveness import owner_tags
 
-        self.set_tags(owner_tags())
+        before = self.tracking.get_run(self.run_id).data.tags.get("end_reason")
+        self.set_tags(owner_tags() | ({"previous_end_reason": before} if before else {}))
+        if before:
+            self.tracking.delete_tag(self.run_id, "end_reason")
         self.tracking.update_run(self.run_id, status="RUNNING")
 
 

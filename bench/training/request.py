@@ -161,8 +161,13 @@ def run_folder(request: RunRequest, variant: str, seed: int) -> Path:
 
 
 def check_outputs(request: RunRequest) -> None:
-    """--out writable; no run folder silently overwritten; --resume only where there is a run to resume."""
+    """--out writable; no run folder silently overwritten; --resume only where there is a run to resume (checked
+    first: a --resume with nothing to resume creates no folder)."""
     out = Path(request.out)
+    if request.resume:
+        for variant in request.variants:
+            for seed in request.seeds:
+                check_run_folder(request, variant, seed)
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = out / f".write-test-{os.getpid()}"
