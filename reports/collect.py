@@ -79,8 +79,13 @@ def latest_profiles(store: Store) -> pd.DataFrame:
     return out.set_index("variant")
 
 
+# figures a trained run logs too, fixed by the config alone (no device, batch or length in them)
+CONFIG_FIGURES = ("params_m", "macs_g_per_s")
+
+
 def quality_by_variant(store: Store, pcs: bool = False) -> pd.DataFrame:
-    """Per variant, mean and CI over seeds of each quality metric (the '_pcs' ones when pcs)."""
+    """Per variant, mean and CI over seeds of each quality metric (the '_pcs' ones when pcs), and the figures that
+    depend on the config alone (CONFIG_FIGURES)."""
     runs = store.runs
     if runs.empty:
         return pd.DataFrame()
@@ -89,6 +94,8 @@ def quality_by_variant(store: Store, pcs: bool = False) -> pd.DataFrame:
         row = {"variant": variant, "seeds": len(group), "data": group.get("params.data", pd.Series([""])).iloc[0]}
         for name in PAPER_METRICS:
             row[name], row[f"{name}_ci"], _ = mean_ci(metric(group, name + ("_pcs" if pcs else "")))
+        for name in CONFIG_FIGURES:  # the same for every seed: they depend on the config alone
+            row[name] = float(metric(group, name).mean())
         rows.append(row)
     return pd.DataFrame(rows).set_index("variant")
 

@@ -9,6 +9,7 @@ import pandas as pd
 from bench.tracking.schema import METRIC_LABELS as LABELS
 from bench.tracking.schema import PAPER_METRICS as QUALITY
 from reports.collect import (
+    CONFIG_FIGURES,
     Store,
     latest_profiles,
     noisy_quality,
@@ -57,7 +58,7 @@ def main_table(store: Store) -> Table:
     for name in _ordered(list(profiles.index) + list(quality.index)):
         p = profiles.loc[name] if name in profiles.index else None
         q = quality.loc[name] if name in quality.index else None
-        row = [name] + [cell(p[k], digits=d) if p is not None else "-" for k, d in
+        row = [name] + [cell(_figure(p, q, k), digits=d) for k, d in
                         (("params_m", 3), ("macs_g_per_s", 2), ("peak_mem_train_mib", 0), ("max_batch_train", 0),
                          ("rtf_infer", 3))]
         row += [cell(q[k], q[f"{k}_ci"]) if q is not None else "-" for k in QUALITY]
@@ -66,6 +67,15 @@ def main_table(store: Store) -> Table:
     return Table("main", _main_caption(profiles, quality), header, rows,
                  "python -m bench profile --all --batch 6 --seconds 2 && python -m bench run --variant NAME "
                  "--seeds 0,1,2 && python -m reports tables")
+
+
+def _figure(profile: pd.Series | None, quality: pd.Series | None, key: str) -> float:
+    """A profile's figure; one that depends on the config alone also from a trained run when never profiled."""
+    if profile is not None and profile[key] == profile[key]:
+        return profile[key]
+    if key in CONFIG_FIGURES and quality is not None:
+        return quality[key]
+    return math.nan
 
 
 def _main_caption(profiles: pd.DataFrame, quality: pd.DataFrame) -> str:

@@ -3,6 +3,7 @@
 import re
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -54,6 +55,17 @@ def test_main_table_numbers_come_from_the_runs(store_uri: str) -> None:
     assert "batch 1, 0.1 s" in table.caption
 
 
+def test_a_trained_variant_never_profiled_shows_the_figures_of_its_config(store_uri: str) -> None:
+    """Params and MACs depend on the config alone: the run logged them, so the table shows them (it showed '-')."""
+    store = load_store(store_uri)
+    unprofiled = replace(store, profiles=store.profiles[store.profiles["tags.variant"] != "optimized"])
+    rows = rows_by_name(main_table(unprofiled))
+    run = search_runs(store_uri, "mbsbench-run").set_index("tags.variant").loc["optimized"]
+    assert rows["optimized"]["Params (M)"] == f"{run['metrics.params_m']:.3f}"
+    assert rows["optimized"]["MACs (G/s)"] == f"{run['metrics.macs_g_per_s']:.2f}"
+    assert rows["optimized"]["Peak train (MiB)"] == "-" and rows["optimized"]["RTF"] == "-"  # these need a profile
+
+
 def test_ablation_and_claims(store_uri: str) -> None:
     tables = {t.name: t for t in all_tables(load_store(store_uri))}
     ablation = rows_by_name(tables["ablation_optimized"])
@@ -93,6 +105,9 @@ def test_cells_and_escapes() -> None:
 
 
 def test_empty_store_is_one_line(tmp_path: Path) -> None:
+    from bench.tracking.store import client
+
+    client(f"sqlite:///{tmp_path}/empty.db")  # a store with its schema and no run (a missing file is another error)
     proc = subprocess.run([sys.executable, "-m", "reports", "tables", "--tracking-uri",
                            f"sqlite:///{tmp_path}/empty.db"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2

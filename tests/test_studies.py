@@ -76,7 +76,7 @@ def run_cli(*argv: str, cwd: Path) -> subprocess.CompletedProcess:
         (["search", "--space", "d_state", "--storage", "/nonexistent/dir/s.log", "--no-track"], "does not exist"),
         (["search", "--space", "d_state", "--storage", "postgresql://nobody@127.0.0.1:9/x", "--no-track"],
          "unreachable"),
-        (["show", "nothing", "--storage", "{tmp}/s.log"], "no study 'nothing'"),
+        (["show", "nothing", "--storage", "{tmp}/s.log"], "no such storage"),  # and none is created
         (["search", "--space", "d_state", "--objective", "speed", "--no-track"], "--objective 'speed'"),
     ],
 )
@@ -98,6 +98,8 @@ def test_show_lists_best_and_importances(tmp_path: Path, capsys: pytest.CaptureF
     assert main(["show", "mem", "--storage", str(storage)]) == 0
     out = capsys.readouterr().out
     assert "complete 6" in out and "best trial" in out and "importances: " in out
+    assert main(["show", "nothing", "--storage", str(storage)]) == 2  # the storage is there, the study is not
+    assert "no study 'nothing'" in capsys.readouterr().err
 
 
 def test_tpe_samples_a_range_within_its_budget(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -115,3 +115,28 @@ def test_strict_timing_exits_2_with_the_rows_on_stdout(tmp_path: Path) -> None:
         proc = subprocess.run(argv, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert proc.returncode == 2 and "refused" in proc.stdout
     assert proc.stderr.strip().splitlines()[-1].startswith("error: --strict-timing refused the times of optimized")
+
+
+@pytest.mark.processes
+def test_bench_scan_says_what_it_measures_and_an_interrupt_keeps_the_rows(tmp_path: Path) -> None:
+    """`bench scan` was silent for 10 minutes, and Ctrl-C lost every row: a line per shape and scan, and the rows
+    done are printed when it is interrupted."""
+    import signal
+
+    argv = [sys.executable, "-m", "bench", "scan", "--frames", "60", "--scans", "naive,chunked_ckpt", "--repeats",
+            "2", "--no-track", "--device", "cpu"]
+    proc = subprocess.Popen(argv, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    seen = []
+    for line in proc.stderr:
+        seen.append(line)
+        if line.startswith("[3/6]"):  # two rows done
+            proc.send_signal(signal.SIGINT)
+            break
+    out, rest = proc.communicate(timeout=120)
+    err = "".join(seen) + rest
+    assert seen[0].startswith("original time (b 31, l 60, d 256, n 16): the float64 reference")
+    assert "[1/6] original time (b 31, l 60, d 256, n 16): naive ..." in err
+    assert proc.returncode == 130 and "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith("interrupted: ") and "rows measured, printed above" in err
+    table = [line.split()[2] for line in out.splitlines() if line.startswith("original time")]
+    assert table[:2] == ["naive", "chunked_ckpt"]

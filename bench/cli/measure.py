@@ -51,7 +51,16 @@ def profile_named(names_: list[str], overrides: dict, settings, uri: str | None,
         from bench.tracking.records import profile_recorder
 
         record = profile_recorder(uri)
-    rows = profile_variants(configs, settings, record)
+    rows: list[dict] = []
+    try:
+        profile_variants(configs, settings, record, rows)
+    except KeyboardInterrupt as err:  # the rows measured (and logged) so far are printed, not lost
+        from bench.interrupts import add_kept
+
+        if rows:
+            print(json.dumps(rows, indent=2, default=str) if fmt == "json" else profile_table(rows, settings))
+        add_kept(err, f"{len(rows)} of {len(configs)} profiles measured{', logged' if uri else ''}, printed above")
+        raise
     refused = [row["variant"] for row in rows if row.get("status") == "refused"]
     unlogged = [row for row in rows if row.get("run_id") == ""]
     if unlogged:  # measured but not logged: kept in a file, not lost
@@ -126,19 +135,34 @@ def _top_ops(args: argparse.Namespace, settings, overrides: dict) -> str:
 def cmd_scan(args: argparse.Namespace) -> str:
     from bench.devices import device_name, resolve_device
     from bench.profiling.scans import bench_scan_names, bench_scans, model_shapes
-    from bench.text import format_table
 
     device = resolve_device(args.device)
     uri = tracking_uri(args)
     shapes = model_shapes(args.batch, args.frames)
-    rows = bench_scans(shapes, bench_scan_names(device, args.scans), args.chunk, args.repeats, device,
-                       check=not args.no_check)
+    rows: list[dict] = []
+    try:
+        bench_scans(shapes, bench_scan_names(device, args.scans), args.chunk, args.repeats, device,
+                    check=not args.no_check, rows=rows)
+    except KeyboardInterrupt as err:  # the rows measured so far are results: printed, not lost
+        from bench.interrupts import add_kept
+
+        if rows:
+            print(_scan_text(rows, args, device))
+        add_kept(err, f"{len(rows)} rows measured, printed above (not logged)")
+        raise
     if uri:
         from bench.tracking.records import keep_unlogged, logged_or_kept, record_scan_bench
 
         settings = {k: getattr(args, k) for k in ("batch", "frames", "chunk", "repeats")}
         logged_or_kept(lambda: record_scan_bench(rows, uri, device_name(device), settings),
                        lambda: keep_unlogged(rows, "scan"))
+    return _scan_text(rows, args, device)
+
+
+def _scan_text(rows: list[dict], args: argparse.Namespace, device: str) -> str:
+    from bench.devices import device_name
+    from bench.text import format_table
+
     if args.format == "json":
         return json.dumps({"device": device_name(device), "chunk_size": args.chunk, "rows": rows}, indent=2)
     columns = ["shape", "scan", "b", "l", "d", "n", "fwd_s", "fwd_bwd_s", "saved_mib", "peak_live_mib", "timing"]

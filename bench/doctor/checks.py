@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy
 import torch
 
+from bench.console import status
 from bench.devices import resolve_device
 from bench.profiling.contention import timing_conditions
 from bench.profiling.instruments import MIB, LiveTensorPeak, cuda_peak_bytes
@@ -230,7 +231,8 @@ def run(report: Report, checks: list[tuple[str, Callable[[Report, str], None]]],
 
     Rows land in `report` as they come, so a caller that writes it in a `finally` keeps what was measured.
     """
-    for name, check in checks:
+    for index, (name, check) in enumerate(checks, 1):
+        status(f"[{index}/{len(checks)}] {name} ...")
         try:
             check(report, device)
         except Exception as err:  # a failing check is a result: one row with its error, the rest go on

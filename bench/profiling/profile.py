@@ -64,14 +64,18 @@ def profile_variant(name: str, cfg: ModelConfig, settings: ProfileSettings) -> d
         with counting_only():
             out |= count_macs(model, cfg, s.seconds, s.device)
         return out | count_ops(model, cfg, s, "train") | count_ops(model, cfg, s, "infer") | {"status": "ok"}
+    status("  MACs ...")
     out |= count_macs(model, cfg, s.seconds, s.device)
+    status(f"  peak memory of a training and an inference step, max batch in {s.budget_gb} GiB ...")
     memory, fitted = _memory_figures(model, cfg, s)
     out |= memory
     if torch.device(s.device).type == "cpu" and s.rss:
+        status("  peak RSS in fresh processes ...")
         for mode in ("train", "infer"):
             out[f"peak_rss_{mode}_mib"] = try_peak_rss(cfg, s, mode) if mode in fitted else None
     for mode in ("infer", "train"):
         if mode in fitted:
+            status(f"  {mode} steps: ops, then {s.warmup} warm-up and {s.repeats} timed ...")
             out |= count_ops(model, cfg, s, mode) | throughput(model, cfg, s, mode)
     return out | timing_conditions(out, s.strict_timing)
 
@@ -85,9 +89,10 @@ def failure_row(name: str, settings: ProfileSettings, err: Exception) -> dict:
 
 
 def profile_variants(configs: dict[str, ModelConfig], settings: ProfileSettings,
-                     record: Callable[[dict, ModelConfig], str] | None = None) -> list[dict]:
-    """profile_variant of each (name, config) in turn, each recorded as it finishes; a failure is a row."""
-    rows = []
+                     record: Callable[[dict, ModelConfig], str] | None = None, rows: list | None = None) -> list[dict]:
+    """profile_variant of each (name, config) in turn, each recorded as it finishes and appended to `rows` (a caller
+    that passes its list keeps the rows done when interrupted); a failure is a row."""
+    rows = [] if rows is None else rows
     for index, (name, cfg) in enumerate(configs.items(), 1):
         status(f"[{index}/{len(configs)}] profiling {name} ...")
         try:

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from bench.console import status
 from bench.profiling.contention import timing_label
 from bench.profiling.instruments import MIB, LiveTensorPeak, SavedTensorBytes, time_call
 from variants.registry import lookup
@@ -111,15 +112,20 @@ def measure_scan(fn: Callable, inputs: list[Tensor], chunk: int, repeats: int, d
 
 def bench_scans(
     shapes: list[ScanShape], names: list[str], chunk: int = 32, repeats: int = 3,
-    device: str = "cpu", dtype: torch.dtype = torch.float32, check: bool = True,
+    device: str = "cpu", dtype: torch.dtype = torch.float32, check: bool = True, rows: list | None = None,
 ) -> list[dict]:
-    """One row per (shape, scan): timings, memory and max relative error against float64."""
-    rows = []
+    """One row per (shape, scan): timings, memory and max relative error against float64, appended to `rows`
+    as each is measured (a caller that passes its list keeps the rows done when interrupted)."""
+    rows, total = ([] if rows is None else rows), len(shapes) * len(names)
     for shape in shapes:
         inputs = scan_inputs(shape, dtype, device)
         grad_out = torch.randn_like(inputs[0])
+        where = f"{shape.name} (b {shape.b}, l {shape.l}, d {shape.d}, n {shape.n})"
+        if check:
+            status(f"{where}: the float64 reference ...")
         ref = reference_outputs(inputs, grad_out) if check else None
         for name in names:
+            status(f"[{len(rows) + 1}/{total}] {where}: {name} ...")
             row = {"shape": shape.name, "scan": name, "b": shape.b, "l": shape.l, "d": shape.d, "n": shape.n}
             row |= measure_scan(BENCH_SCANS[name], inputs, chunk, repeats, device)
             if ref is not None:
