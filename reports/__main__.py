@@ -26,18 +26,21 @@ def cmd_tables(args: argparse.Namespace) -> str:
     render, suffix = RENDERERS[args.format]
     texts = [(table.name, render(table)) for table in all_tables(_store(args), args.device)]
     if args.out:
+        from bench.console import status
+
         folder = Path(args.out)
         folder.mkdir(parents=True, exist_ok=True)
         for name, text in texts:
             (folder / f"{name}{suffix}").write_text(text)
+        status(f"wrote {len(texts)} tables to {folder}: {', '.join(f'{name}{suffix}' for name, _ in texts)}")
     return "\n".join(text for _, text in texts)
 
 
 def cmd_plots(args: argparse.Namespace) -> str:
     from reports.plots import make_plots
 
-    written = make_plots(_store(args), Path(args.out))
-    return "\n".join(str(p) for p in written) if written else "nothing to plot yet"
+    written, left_out = make_plots(_store(args), Path(args.out))
+    return "\n".join([*(str(p) for p in written), *left_out] if written else ["nothing to plot yet", *left_out])
 
 
 def make_parser() -> argparse.ArgumentParser:

@@ -141,8 +141,23 @@ def importance_plots(store: Store, folder: Path) -> list[Path]:
     return written
 
 
-def make_plots(store: Store, folder: Path) -> list[Path]:
-    """Every plot the store has data for, as PNG and PDF in folder."""
+# each plot, and what it needs from the store: a plot the store has no data for is left out, saying this
+PLOTS = (
+    (pareto_plots, "Pareto fronts (PESQ against params, MACs, memory)", "variants both profiled and trained"),
+    (memory_vs_length, "memory vs length", "a profile measured at two or more lengths (bench profile --lengths)"),
+    (training_curves, "training curves", "a trained run (bench run)"),
+    (study_history, "study history", "a study with its objective logged (studies search)"),
+    (importance_plots, "importances", "a single-objective study that logged importances"),
+)
+
+
+def make_plots(store: Store, folder: Path) -> tuple[list[Path], list[str]]:
+    """Every plot the store has data for, as PNG and PDF in folder; and the ones left out, each with what it needs."""
     folder.mkdir(parents=True, exist_ok=True)
-    written = pareto_plots(store, folder) + memory_vs_length(store, folder) + training_curves(store, folder)
-    return written + study_history(store, folder) + importance_plots(store, folder)
+    written, left_out = [], []
+    for plot, name, needs in PLOTS:
+        paths = plot(store, folder)
+        written += paths
+        if not paths:
+            left_out.append(f"left out: {name}: needs {needs}")
+    return written, left_out

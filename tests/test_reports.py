@@ -80,8 +80,9 @@ def test_ablation_and_claims(store_uri: str) -> None:
     assert "quoted" in tables["literature"].header[0].lower()
 
 
-def test_markdown_and_latex(store_uri: str, tmp_path: Path) -> None:
+def test_markdown_and_latex(store_uri: str, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert reports(["tables", "--format", "latex", "--out", str(tmp_path), "--tracking-uri", store_uri]) == 0
+    assert f"to {tmp_path}: main.tex, " in capsys.readouterr().err  # it says which files it wrote
     text = (tmp_path / "main.tex").read_text()
     for part in (r"\toprule", r"\midrule", r"\bottomrule", r"\begin{tabular}", "% reproduce: python -m"):
         assert part in text
@@ -93,10 +94,13 @@ def test_markdown_and_latex(store_uri: str, tmp_path: Path) -> None:
     assert "Reproduce: `" in md and "| Variant |" in md
 
 
-def test_plots(store_uri: str, tmp_path: Path) -> None:
+def test_plots(store_uri: str, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert reports(["plots", "--out", str(tmp_path), "--tracking-uri", store_uri]) == 0
     assert (tmp_path / "pareto_pesq_params_m.png").stat().st_size > 1000
     assert (tmp_path / "training_curves.pdf").exists()
+    out = capsys.readouterr().out  # the store holds no study and no profile at several lengths: said, not silent
+    assert "left out: study history: needs a study with its objective logged (studies search)" in out
+    assert "left out: memory vs length: needs a profile measured at two or more lengths" in out
 
 
 def test_cells_and_escapes() -> None:
