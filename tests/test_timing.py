@@ -56,7 +56,7 @@ def test_the_window_counts_this_process_as_its_own() -> None:
 
 def small_profile(strict: bool) -> dict:
     cfg = build_config("optimized", feature_dim=16, temporal_layers=1)
-    settings = ProfileSettings(batch=4, seconds=1.0, repeats=6, rss=False, strict_timing=strict)
+    settings = ProfileSettings(batch=4, seconds=1.0, repeats=12, rss=False, strict_timing=strict)
     return profile_variant("optimized", cfg, settings)
 
 
@@ -109,7 +109,7 @@ def test_threads_flag_sets_torch_threads_and_the_row_says_so(tmp_path: Path) -> 
 @pytest.mark.processes
 def test_strict_timing_exits_2_with_the_rows_on_stdout(tmp_path: Path) -> None:
     argv = [sys.executable, "-m", "bench", "profile", "--variant", "optimized", "--set", "feature_dim=16", "--set",
-            "temporal_layers=1", "--batch", "4", "--seconds", "1", "--repeats", "6", "--no-rss", "--no-track",
+            "temporal_layers=1", "--batch", "4", "--seconds", "1", "--repeats", "12", "--no-rss", "--no-track",
             "--device", "cpu", "--strict-timing"]
     with busy_process():
         proc = subprocess.run(argv, capture_output=True, text=True, timeout=300, cwd=tmp_path)
