@@ -74,7 +74,7 @@ def latest_profiles(store: Store) -> pd.DataFrame:
     out = pd.DataFrame({"variant": frame["tags.variant"]})
     for name in PROFILE:
         out[name] = metric(frame, name).to_numpy()
-    for cond in ("run_batch", "run_seconds", "run_device", "run_budget_gb"):
+    for cond in ("run_batch", "run_seconds", "run_device", "run_budget_gb", "run_max_batch_method"):
         out[cond] = frame.get(f"params.{cond}", pd.Series("", index=frame.index)).to_numpy()
     return out.set_index("variant")
 
@@ -96,6 +96,8 @@ def quality_by_variant(store: Store, pcs: bool = False) -> pd.DataFrame:
             row[name], row[f"{name}_ci"], _ = mean_ci(metric(group, name + ("_pcs" if pcs else "")))
         for name in CONFIG_FIGURES:  # the same for every seed: they depend on the config alone
             row[name] = float(metric(group, name).mean())
+        row["train_steps"], row["train_epochs"] = (float(metric(group, k).max()) for k in ("train_steps",
+                                                                                           "train_epochs"))
         rows.append(row)
     return pd.DataFrame(rows).set_index("variant")
 

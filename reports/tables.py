@@ -150,38 +150,97 @@ def _value(frame: pd.DataFrame, variant: str, key: str) -> float:
     return float(frame.loc[variant][key]) if variant in frame.index and key in frame.columns else math.nan
 
 
-def claims_table(store: Store) -> Table:
-    """Every claim of MODELS.md beside the number measured here ('-' where not measured yet)."""
-    prof, qual = latest_profiles(store), quality_by_variant(store)
+@dataclass(frozen=True)
+class Conditions:
+    """What a claim about memory was measured under: a GPU or not, a batch range, seconds per utterance."""
 
-    def q(variant: str, key: str = "pesq_wb") -> str:
-        return cell(_value(qual, variant, key), _value(qual, variant, f"{key}_ci"))
+    gpu: bool = False
+    batches: tuple[int, int] | None = None
+    seconds: float | None = None
+
+
+def _profile_conditions(prof: pd.DataFrame, variant: str) -> str:
+    if variant not in prof.index:
+        return "not profiled"
+    p = prof.loc[variant]
+    method = p.get("run_max_batch_method", "") or ""
+    return f"batch {p['run_batch']}, {p['run_seconds']} s, {p['run_device']}" + (f", max batch {method}" if method
+                                                                                 else "")
+
+
+def _profile_matches(prof: pd.DataFrame, variant: str, wanted: Conditions) -> bool:
+    """Whether the variant's profile was measured under the claim's conditions (a GPU, its batches, its length)."""
+    if variant not in prof.index:
+        return False
+    p = prof.loc[variant]
+    gpu = not str(p["run_device"]).startswith("CPU")
+    batch, seconds = int(float(p["run_batch"])), float(p["run_seconds"])
+    return (gpu or not wanted.gpu) and (wanted.batches is None or wanted.batches[0] <= batch <= wanted.batches[1]) \
+        and (wanted.seconds is None or seconds == wanted.seconds)
+
+
+def _quality_conditions(qual: pd.DataFrame, variant: str) -> str:
+    if variant not in qual.index:
+        return "not trained"
+    q = qual.loc[variant]
+    return f"{q['data']}, {q['train_steps']:.0f} steps ({q['train_epochs']:.2f} epochs), full test utterances"
+
+
+def claims_table(store: Store) -> Table:
+    """Every claim of MODELS.md beside the number measured here, each side with its conditions: a measurement made
+    under other conditions than the claim's is '-' in the Measured column, its figure only in the conditions."""
+    prof, qual = latest_profiles(store), quality_by_variant(store)
+    gpu_2s = Conditions(gpu=True, seconds=2.0)
+
+    def measured(variant: str, key: str, digits: int, wanted: Conditions, unit: str = "", scale: float = 1.0):
+        value = _value(prof, variant, key) / scale
+        text = cell(value, digits=digits) + (unit if value == value else "")
+        if value == value and not _profile_matches(prof, variant, wanted):
+            return "-", f"{text} at {_profile_conditions(prof, variant)}: not the claim's conditions"
+        return text, _profile_conditions(prof, variant)
+
+    def quality(variant: str, key: str = "pesq_wb"):
+        text = cell(_value(qual, variant, key), _value(qual, variant, f"{key}_ci"))
+        if variant in qual.index and not str(qual.loc[variant]["data"]).startswith("vbd"):
+            return "-", f"{text} on {_quality_conditions(qual, variant)}: not VoiceBank+DEMAND"
+        return text, _quality_conditions(qual, variant)
+
+    def params(variant: str) -> tuple[str, str]:  # the same on any machine: no condition to match
+        p = prof.loc[variant] if variant in prof.index else None
+        value = _figure(p, qual.loc[variant] if variant in qual.index else None, "params_m")
+        return (f"{value:.3f}M", "counted from the config") if value == value else ("-", "not profiled or trained")
 
     ratio = _value(prof, "original", "peak_mem_train_mib") / _value(prof, "original+chunked_scan", "peak_mem_train_mib")
+    same = _profile_conditions(prof, "original") == _profile_conditions(prof, "original+chunked_scan")
+    ratio_cells = (cell(ratio) + "x", f"{_profile_conditions(prof, 'original')}, both") if ratio == ratio and same \
+        else ("-", "needs original and original+chunked_scan profiled under the same conditions")
     nan_runs = store.runs[(store.runs.get("tags.variant") == "optimized_a")] if not store.runs.empty else store.runs
     nan_status = ", ".join(sorted(set(nan_runs.get("tags.status", pd.Series(dtype=str)).astype(str)))) or "-"
-    rows = [
-        ["original parameters", "author (measured)", "7.33M", cell(_value(prof, "original", "params_m"), digits=3)],
-        ["original out of memory at batch 2 (12 GB GPU)", "author (measured)", "max batch < 2",
-         cell(_value(prof, "original", "max_batch_train"), digits=0)],
-        ["optimized parameters", "proposal", "2.3M", cell(_value(prof, "optimized", "params_m"), digits=3)],
-        ["chunked scan: 33x less memory", "proposal", "33x", cell(ratio) + ("x" if ratio == ratio else "")],
-        ["optimized: ~4 GB at batch 6-8", "proposal", "~4 GB",
-         cell(_value(prof, "optimized", "peak_mem_train_mib") / 1024, digits=2) + " GiB"],
-        ["optimized: batch 6-8 fits", "proposal", "6-8", cell(_value(prof, "optimized", "max_batch_train"), digits=0)],
-        ["optimized PESQ (expected, never measured)", "proposal", "3.50-3.65", q("optimized")],
-        ["BSRNN(64,5) PESQ", "repository README", "3.10", q("bsrnn")],
-        ["BSRNN(64,5) SSNR", "repository README", "9.56", q("bsrnn", "ssnr")],
-        ["BSRNN(64,5) STOI", "repository README", "0.95", q("bsrnn", "stoi")],
-        ["BSRNN PESQ at epoch 12 (2 s test crops)", "server logs", "3.00", q("bsrnn")],
-        ["optimized PESQ at epoch 19 (2 s test crops)", "server logs", "2.62", q("optimized")],
-        ["optimized_a: NaN from epoch 2", "server logs", "NaN", nan_status],
+    claims = [
+        ("original parameters", "author (measured)", "7.33M", params("original")),
+        ("original out of memory at batch 2", "author (measured), 12 GB GPU, 2 s crops", "max batch < 2",
+         measured("original", "max_batch_train", 0, gpu_2s)),
+        ("optimized parameters", "proposal", "2.3M", params("optimized")),
+        ("chunked scan: 33x less memory", "proposal, training", "33x", ratio_cells),
+        ("optimized: ~4 GB at batch 6-8", "proposal, GPU, 2 s crops", "~4 GiB",
+         measured("optimized", "peak_mem_train_mib", 2, Conditions(True, (6, 8), 2.0), " GiB", 1024)),
+        ("optimized: batch 6-8 fits", "proposal, 12 GB GPU, 2 s crops", "6-8",
+         measured("optimized", "max_batch_train", 0, gpu_2s)),
+        ("optimized PESQ (expected, never measured)", "proposal, VoiceBank+DEMAND", "3.50-3.65", quality("optimized")),
+        ("BSRNN(64,5) PESQ", "repository README, VoiceBank+DEMAND", "3.10", quality("bsrnn")),
+        ("BSRNN(64,5) SSNR", "repository README, VoiceBank+DEMAND", "9.56", quality("bsrnn", "ssnr")),
+        ("BSRNN(64,5) STOI", "repository README, VoiceBank+DEMAND", "0.95", quality("bsrnn", "stoi")),
+        ("BSRNN PESQ at epoch 12", "server logs, VoiceBank+DEMAND, 2 s test crops", "3.00", quality("bsrnn")),
+        ("optimized PESQ at epoch 19", "server logs, VoiceBank+DEMAND, 2 s test crops", "2.62", quality("optimized")),
+        ("optimized_a: NaN from epoch 2", "server logs, VoiceBank+DEMAND", "NaN", (nan_status, "run status")),
     ]
-    caption = ("Claims of the reference next to mbsbench's measurements. Memory and max batch under the profile "
-               "conditions of the main table; quality on the data of the main table (full utterances, checkpoint "
-               "chosen on validation), which is not VoiceBank+DEMAND unless the runs say so.")
-    return Table("claims", caption, ["Claim", "Source", "Claimed", "Measured"], rows,
-                 "python -m bench profile --all --batch 6 --seconds 2 && python -m bench run ... && "
+    rows = [[claim, source, claimed, *cells] for claim, source, claimed, cells in claims]
+    caption = ("Claims of the reference next to mbsbench's measurements, each with the conditions it was made "
+               "under. A measurement made under other conditions than the claim's (a CPU for a GPU claim, another "
+               "batch or length, data other than VoiceBank+DEMAND) is '-', its figure kept in 'Measured under'. "
+               "Max batch is 'measured' (bisection on real OOMs) or 'predicted' (from CPU peaks).")
+    return Table("claims", caption, ["Claim", "Source and conditions", "Claimed", "Measured", "Measured under"],
+                 rows, "python -m bench profile --all --batch 6 --seconds 2 && python -m bench run ... && "
                  "python -m reports tables")
 
 

@@ -76,7 +76,15 @@ def test_ablation_and_claims(store_uri: str) -> None:
     assert re.fullmatch(r"-?\d+\.\d\d\*?|-", ablation["-d_state12"]["d PESQ"])
     claims = {row[0]: row for row in tables["claims"].rows}
     assert claims["original parameters"][3] == "-"  # original never profiled in this store
-    assert claims["optimized parameters"][3] == f"{profiles.loc['optimized', 'metrics.params_m']:.3f}"
+    assert claims["optimized parameters"][3] == f"{profiles.loc['optimized', 'metrics.params_m']:.3f}M"  # as "2.3M"
+    # profiled at batch 1, 0.1 s on a CPU and trained on synth: never set beside a GPU or VoiceBank+DEMAND claim
+    memory = claims["optimized: ~4 GB at batch 6-8"]
+    assert memory[3] == "-" and "at batch 1, 0.1 s, CPU" in memory[4] and "not the claim's conditions" in memory[4]
+    assert memory[4].startswith(f"{profiles.loc['optimized', 'metrics.peak_mem_train_mib'] / 1024:.2f} GiB")
+    fits = claims["optimized: batch 6-8 fits"]
+    assert fits[3] == "-" and "max batch predicted" in fits[4]
+    pesq = claims["optimized PESQ at epoch 19"]
+    assert pesq[3] == "-" and " on synth:" in pesq[4] and "1 steps" in pesq[4] and "not VoiceBank+DEMAND" in pesq[4]
     assert "quoted" in tables["literature"].header[0].lower()
 
 
