@@ -5,20 +5,10 @@ import os
 import sys
 from pathlib import Path
 
+from bench.cli.common import comma_list
 from bench.cli.shell import OneLineParser, version_text
 
-TARGETS = "80,86,89,90"
-
-
-def target_list(text: str) -> tuple[int, ...]:
-    """'80,86,89,90' -> (80, 86, 89, 90): NVIDIA compute capabilities times ten, sm_70 and up."""
-    try:
-        targets = tuple(int(part) for part in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected compute capabilities like {TARGETS}") from None
-    if not targets or min(targets) < 70:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected compute capabilities of 70 or more, like {TARGETS}")
-    return targets
+TARGETS = (80, 86, 89, 90)  # A100, RTX 30xx / A10, RTX 40xx / L4, H100 / H200
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -35,8 +25,9 @@ def make_parser() -> argparse.ArgumentParser:
     mode.add_argument("--compile-only", action="store_true", help="no GPU needed: compile every Triton kernel at "
                       "every specialization the project launches with Triton's own compiler, one row per kernel "
                       "and target (registers, spills, shared memory, offset width); exit 0 only when all compile")
-    parser.add_argument("--targets", type=target_list, default=target_list(TARGETS),
-                        help=f"with --compile-only: compute capabilities to compile for (default {TARGETS})")
+    parser.add_argument("--targets", type=comma_list(int, 70), default=TARGETS,
+                        help="with --compile-only: compute capabilities x 10 to compile for (default "
+                             f"{','.join(map(str, TARGETS))})")
     parser.add_argument("--out", default="doctor.json", help="the JSON report, written even when a check fails "
                                                              "(default doctor.json)")
     return parser

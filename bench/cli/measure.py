@@ -2,6 +2,8 @@
 
 import argparse
 import json
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 from bench.cli.common import (
     above,
@@ -15,6 +17,21 @@ from bench.cli.common import (
     positive_int,
     tracking_uri,
 )
+
+
+@contextmanager
+def rows_kept_on_interrupt(rows: list[dict], render: Callable[[list[dict]], str], what: str) -> Iterator[None]:
+    """Ctrl-C inside the block: the rows measured so far are results, printed on stdout before the interrupt
+    goes on (its one line says '<n> <what>')."""
+    try:
+        yield
+    except KeyboardInterrupt as err:
+        from bench.interrupts import add_kept
+
+        if rows:
+            print(render(rows))
+        add_kept(err, f"{len(rows)} {what}")
+        raise
 
 
 def profile_settings(args: argparse.Namespace, device: str, **fixed):
@@ -52,15 +69,13 @@ def profile_named(names_: list[str], overrides: dict, settings, uri: str | None,
 
         record = profile_recorder(uri)
     rows: list[dict] = []
-    try:
-        profile_variants(configs, settings, record, rows)
-    except KeyboardInterrupt as err:  # the rows measured (and logged) so far are printed, not lost
-        from bench.interrupts import add_kept
 
-        if rows:
-            print(json.dumps(rows, indent=2, default=str) if fmt == "json" else profile_table(rows, settings))
-        add_kept(err, f"{len(rows)} of {len(configs)} profiles measured{', logged' if uri else ''}, printed above")
-        raise
+    def render(done: list[dict]) -> str:
+        return json.dumps(done, indent=2, default=str) if fmt == "json" else profile_table(done, settings)
+
+    kept = f"of {len(configs)} profiles measured{', logged' if uri else ''}, printed above"
+    with rows_kept_on_interrupt(rows, render, kept):
+        profile_variants(configs, settings, record, rows)
     refused = [row["variant"] for row in rows if row.get("status") == "refused"]
     unlogged = [row for row in rows if row.get("run_id") == ""]
     if unlogged:  # measured but not logged: kept in a file, not lost
@@ -69,7 +84,7 @@ def profile_named(names_: list[str], overrides: dict, settings, uri: str | None,
         path = keep_unlogged(rows, "profile")
         raise MbsbenchError(f"MLflow logging failed for {len(unlogged)} of {len(rows)} profiles "
                             f"({unlogged[0]['log_error']}); every row is in {path}")
-    text = json.dumps(rows, indent=2, default=str) if fmt == "json" else profile_table(rows, settings)
+    text = render(rows)
     if refused:  # the rows stay on stdout and in the store; the command says it refused their times
         print(text)
         raise MbsbenchError(f"--strict-timing refused the times of {', '.join(refused)}: other processes used the "
@@ -140,16 +155,10 @@ def cmd_scan(args: argparse.Namespace) -> str:
     uri = tracking_uri(args)
     shapes = model_shapes(args.batch, args.frames)
     rows: list[dict] = []
-    try:
+    kept = "rows measured, printed above (not logged)"
+    with rows_kept_on_interrupt(rows, lambda done: _scan_text(done, args, device), kept):
         bench_scans(shapes, bench_scan_names(device, args.scans), args.chunk, args.repeats, device,
                     check=not args.no_check, rows=rows)
-    except KeyboardInterrupt as err:  # the rows measured so far are results: printed, not lost
-        from bench.interrupts import add_kept
-
-        if rows:
-            print(_scan_text(rows, args, device))
-        add_kept(err, f"{len(rows)} rows measured, printed above (not logged)")
-        raise
     if uri:
         from bench.tracking.records import keep_unlogged, logged_or_kept, record_scan_bench
 

@@ -24,7 +24,6 @@ import torch
 from variants.registry import build_config, list_variants
 from variants.scan_triton import LAUNCH_OPTIONS, Launch, backward_launch, forward_launch, jit
 
-TARGETS = (80, 86, 89, 90)  # A100, RTX 30xx / A10, RTX 40xx / L4, H100 / H200
 STUDY_D_STATES = tuple(range(4, 33))  # the d_state knob of studies/space.py spans these (a test keeps them in step)
 STUDY_CHUNKS = (8, 16, 32, 64, 128)  # the chunk_size knob of studies/space.py
 DTYPES = (torch.float32, torch.bfloat16, torch.float64)

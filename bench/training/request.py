@@ -161,13 +161,12 @@ def run_folder(request: RunRequest, variant: str, seed: int) -> Path:
 
 
 def check_outputs(request: RunRequest) -> None:
-    """--out writable; no run folder silently overwritten; --resume only where there is a run to resume (checked
-    first: a --resume with nothing to resume creates no folder)."""
+    """No run folder silently overwritten, --resume only where there is a run to resume (checked first: a refused
+    request creates no folder), and --out writable."""
     out = Path(request.out)
-    if request.resume:
-        for variant in request.variants:
-            for seed in request.seeds:
-                check_run_folder(request, variant, seed)
+    for variant in request.variants:
+        for seed in request.seeds:
+            check_run_folder(request, variant, seed)
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = out / f".write-test-{os.getpid()}"
@@ -175,9 +174,6 @@ def check_outputs(request: RunRequest) -> None:
         probe.unlink()
     except OSError as err:
         raise MbsbenchError(f"--out {out}: not writable ({err.strerror or type(err).__name__})") from None
-    for variant in request.variants:
-        for seed in request.seeds:
-            check_run_folder(request, variant, seed)
 
 
 def check_run_folder(request: RunRequest, variant: str, seed: int) -> None:
