@@ -65,12 +65,26 @@ def metric(frame: pd.DataFrame, name: str) -> pd.Series:
     return frame[column] if column in frame else pd.Series(np.nan, index=frame.index)
 
 
+def newest_profile_runs(store: Store) -> pd.DataFrame:
+    """The newest profile run of each variant: the one the tables show."""
+    frame = store.profiles
+    return frame if frame.empty else frame.sort_values("start_time").groupby("tags.variant").tail(1)
+
+
+def run_commands(frame: pd.DataFrame) -> tuple[list[str], int]:
+    """The distinct commands that made these runs, oldest run first, and how many runs recorded none."""
+    if frame.empty:
+        return [], 0
+    frame = frame.sort_values("start_time") if "start_time" in frame else frame
+    logged = [c for c in frame.get("tags.command", pd.Series(dtype=object)) if isinstance(c, str) and c]
+    return list(dict.fromkeys(logged)), len(frame) - len(logged)
+
+
 def latest_profiles(store: Store) -> pd.DataFrame:
     """One row per variant: its newest profile, with the conditions it was measured under."""
-    frame = store.profiles
+    frame = newest_profile_runs(store)
     if frame.empty:
         return pd.DataFrame()
-    frame = frame.sort_values("start_time").groupby("tags.variant").tail(1)
     out = pd.DataFrame({"variant": frame["tags.variant"]})
     for name in PROFILE:
         out[name] = metric(frame, name).to_numpy()

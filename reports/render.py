@@ -10,7 +10,14 @@ def markdown(table: Table) -> str:
     lines = [f"**Table: {table.caption}**", "", "| " + " | ".join(table.header) + " |",
              "| " + " | ".join(["---"] + ["---:"] * (len(table.header) - 1)) + " |"]
     lines += ["| " + " | ".join(row) + " |" for row in table.rows]
-    return "\n".join([*lines, "", f"Reproduce: `{table.command}`", ""])
+    return "\n".join([*lines, "", f"Reproduce: `{table.command}`{_unrecorded(table, ' (', ')')}", ""])
+
+
+def _unrecorded(table: Table, before: str, after: str = "") -> str:
+    """A note on runs logged without their command (made before mbsbench recorded it), or ''."""
+    if not table.unrecorded:
+        return ""
+    return f"{before}{table.unrecorded} of the runs behind this table were logged without their command{after}"
 
 
 def escape_latex(text: str) -> str:
@@ -25,7 +32,8 @@ def latex(table: Table) -> str:
              f"\\label{{tab:{table.name}}}", f"\\begin{{tabular}}{{{spec}}}", r"\toprule",
              " & ".join(escape_latex(h) for h in table.header) + r" \\", r"\midrule"]
     lines += [" & ".join(escape_latex(c) for c in row) + r" \\" for row in table.rows]
-    lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}", f"% reproduce: {table.command}", ""]
+    lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}", f"% reproduce: {table.command}",
+              *([_unrecorded(table, "% ")] if table.unrecorded else []), ""]
     return "\n".join(lines)
 
 

@@ -1,6 +1,7 @@
 """The paper's tables from MLflow: main comparison, ablation, claimed vs measured, literature, studies."""
 
 import math
+import shlex
 import tempfile
 from dataclasses import dataclass, replace
 
@@ -12,26 +13,46 @@ from reports.collect import (
     CONFIG_FIGURES,
     Store,
     latest_profiles,
+    newest_profile_runs,
     noisy_quality,
     pareto_mask,
     quality_by_variant,
+    run_commands,
     study_objective,
 )
 from variants.errors import MbsbenchError
 from variants.registry import BASES, single_change_names
 
 ORDER = tuple(BASES)
+REPORTS_COMMAND = "python -m reports tables"
 
 
 @dataclass
 class Table:
-    """A rendered-ready table: caption, header, rows of strings, the command that reproduces it."""
+    """A rendered-ready table: caption, header, rows of strings, the command that reproduces it (built from
+    the runs behind the rows; `unrecorded` of them were logged without one)."""
 
     name: str
     caption: str
     header: list[str]
     rows: list[list[str]]
-    command: str
+    command: str = REPORTS_COMMAND
+    unrecorded: int = 0
+
+
+def reproduce_from(runs: pd.DataFrame) -> dict:
+    """Table fields: the commands that made `runs`, oldest first, then the reports command."""
+    commands, unrecorded = run_commands(runs)
+    return {"command": " && ".join([*commands, REPORTS_COMMAND]), "unrecorded": unrecorded}
+
+
+def reproduce(store: Store, variants: list[str] | None = None) -> dict:
+    """Table fields from the runs behind rows of `variants` (all when None): the newest profile of each, and
+    every trained run (each seed, and the noisy input's scores)."""
+    frames = [f for f in (newest_profile_runs(store), store.runs) if not f.empty]
+    if variants is not None:
+        frames = [f[f["tags.variant"].isin(variants)] for f in frames]
+    return reproduce_from(pd.concat(frames) if frames else pd.DataFrame())
 
 
 def cell(value: float, ci: float = math.nan, digits: int = 2) -> str:
@@ -64,9 +85,7 @@ def main_table(store: Store) -> Table:
         row += [cell(q[k], q[f"{k}_ci"]) if q is not None else "-" for k in QUALITY]
         row.append(cell(pcs.loc[name]["pesq_wb"], pcs.loc[name]["pesq_wb_ci"]) if q is not None else "-")
         rows.append(row)
-    return Table("main", _main_caption(profiles, quality), header, rows,
-                 "python -m bench profile --all --batch 6 --seconds 2 && python -m bench run --variant NAME "
-                 "--seeds 0,1,2 && python -m reports tables")
+    return Table("main", _main_caption(profiles, quality), header, rows, **reproduce(store))
 
 
 def _figure(profile: pd.Series | None, quality: pd.Series | None, key: str) -> float:
@@ -143,7 +162,7 @@ def ablation_table(store: Store, base: str) -> Table | None:
     return Table(f"ablation_{base}", f"Single changes {'added to' if base == 'original' else 'taken from'} {base}: "
                  "differences to the base (change minus base). Quality: mean over the test utterances of the first "
                  "seed; * marks p < 0.05 in a Wilcoxon signed-rank test over utterances.", header, rows,
-                 f"python -m bench ablate --base {base} && python -m reports tables")
+                 **reproduce(store, [base, *present]))
 
 
 def _value(frame: pd.DataFrame, variant: str, key: str) -> float:
@@ -184,6 +203,9 @@ def _quality_conditions(qual: pd.DataFrame, variant: str) -> str:
         return "not trained"
     q = qual.loc[variant]
     return f"{q['data']}, {q['train_steps']:.0f} steps ({q['train_epochs']:.2f} epochs), full test utterances"
+
+
+CLAIMED_VARIANTS = ("original", "original+chunked_scan", "optimized", "optimized_a", "bsrnn")
 
 
 def claims_table(store: Store) -> Table:
@@ -240,8 +262,7 @@ def claims_table(store: Store) -> Table:
                "batch or length, data other than VoiceBank+DEMAND) is '-', its figure kept in 'Measured under'. "
                "Max batch is 'measured' (bisection on real OOMs) or 'predicted' (from CPU peaks).")
     return Table("claims", caption, ["Claim", "Source and conditions", "Claimed", "Measured", "Measured under"],
-                 rows, "python -m bench profile --all --batch 6 --seconds 2 && python -m bench run ... && "
-                 "python -m reports tables")
+                 rows, **reproduce(store, list(CLAIMED_VARIANTS)))
 
 
 # quoted, never measured here; each row keyed by metric name (a metric missing from a row is '-')
@@ -263,7 +284,7 @@ def literature_table() -> Table:
     header = ["System (quoted)"] + [LABELS[q] for q in QUALITY]
     rows = [[system] + [values.get(q, "-") for q in QUALITY] for system, values in LITERATURE]
     return Table("literature", "Quoted from the literature on VoiceBank+DEMAND (not measured here; kept apart from "
-                 "measured rows).", header, rows, "python -m reports tables")
+                 "measured rows).", header, rows)
 
 
 def _knobs(trial: pd.Series) -> str:
@@ -299,8 +320,7 @@ def study_table(store: Store) -> Table | None:
         rows.append([study, str(len(group)), str(len(group) - len(ok)), best])
     caption = ("Optuna studies: trials logged to MLflow, failed ones (OOM, NaN) counted, the best trial by the "
                "study's objective (the Pareto front when it has several).")
-    return Table("studies", caption, ["Study", "Trials", "Failed", "Best"], rows,
-                 "python -m studies search ... && python -m reports tables")
+    return Table("studies", caption, ["Study", "Trials", "Failed", "Best"], rows, **reproduce_from(store.studies))
 
 
 def device_tables(store: Store) -> list[Table]:
@@ -329,5 +349,9 @@ def all_tables(store: Store, device: str = "") -> list[Table]:
             for table in device_tables(store.on(name)):
                 tables.append(replace(table, name=f"{table.name}_device{index}",
                                       caption=f"[{name}] {table.caption}"))
+    if device:  # the same tables again need the same filter
+        tables = [replace(t, command=t.command.replace(REPORTS_COMMAND, shlex.join([*REPORTS_COMMAND.split(),
+                                                                                     "--device", device])))
+                  for t in tables]
     tables.append(literature_table())
     return tables + [t for t in (study_table(store),) if t]

@@ -8,12 +8,14 @@ adds only points never queued before.
 import random
 from dataclasses import asdict, dataclass
 
+from bench.invocation import current_command
 from studies.space import grid
 from studies.spec import SPEC_ATTR, StudySpec
 from studies.storage import StorageSettings, make_storage, study_lock
 from variants.errors import MbsbenchError
 
 QUEUED_ATTR = "mbsbench_queued"  # every point ever queued, so that none is queued twice
+COMMAND_ATTR = "mbsbench_command"  # the command that created the study: what reproduces its runs
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,7 @@ def create_study(spec: StudySpec, storage: StorageSettings) -> Created:
         if known is None:
             study.set_user_attr(SPEC_ATTR, spec.to_json())
             study.set_user_attr("objective", spec.objective)
+            study.set_user_attr(COMMAND_ATTR, current_command())  # its workers' runs carry it
         run_id = _study_run(spec, study)
         queued = study.user_attrs.get(QUEUED_ATTR, [])
         fresh = [] if spec.sampler != "grid" else [p for p in points(spec) if p not in queued]

@@ -15,8 +15,9 @@ import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from bench.invocation import commanded_by
 from studies.objectives import TrialFailedError
-from studies.queue import load_study
+from studies.queue import COMMAND_ATTR, load_study
 from studies.spec import StudySpec
 from studies.storage import Heartbeat, StorageSettings, beats, requeue, stable_enough, study_lock
 from studies.trials import trial_function
@@ -110,7 +111,8 @@ def work(name: str, storage: StorageSettings, device: str, max_trials: int | Non
                 time.sleep(min(storage.heartbeat_s, POLL_S))  # a running trial may go stale and come back
                 continue
             break
-        report.add(run_trial(study, trial, run, storage), trial.number)
+        with commanded_by(study.user_attrs.get(COMMAND_ATTR, "")):  # the runs made for the study's creator
+            report.add(run_trial(study, trial, run, storage), trial.number)
         if stop is not None and stop.requested:
             from bench.interrupts import Interrupted
 

@@ -1,6 +1,7 @@
 """Reports: tables from a small MLflow store of real tiny runs, checked against the runs themselves."""
 
 import re
+import shlex
 import subprocess
 import sys
 from dataclasses import replace
@@ -94,7 +95,7 @@ def test_markdown_and_latex(store_uri: str, tmp_path: Path, capsys: pytest.Captu
     text = (tmp_path / "main.tex").read_text()
     for part in (r"\toprule", r"\midrule", r"\bottomrule", r"\begin{tabular}", "% reproduce: python -m"):
         assert part in text
-    body = text.split(r"\begin{tabular}")[1]
+    body = text.split(r"\begin{tabular}")[1].split(r"\end{tabular}")[0]  # the reproduce comment is verbatim
     assert "_" not in body.replace(r"\_", "")  # every underscore escaped
     assert text.count("{") == text.count("}")
     assert reports(["tables", "--format", "md", "--out", str(tmp_path), "--tracking-uri", store_uri]) == 0
@@ -223,3 +224,76 @@ def test_profiles_of_two_machines_are_never_mixed(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "-m", "reports", "tables", "--tracking-uri", uri, "--device", "TPU"],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "devices there: " in proc.stderr and "NVIDIA H200" in proc.stderr
+
+
+def run_line(line: str) -> None:
+    """Each command of a reproduce line in this process, as its CLI runs it; each must succeed."""
+    from studies.__main__ import main as studies
+
+    clis = {"bench": bench, "studies": studies, "reports": reports}
+    for command in line.split(" && "):
+        words = shlex.split(command)
+        assert words[:2] == ["python", "-m"] and words[2] in clis, command
+        assert clis[words[2]]([*words[3:], "-q"]) == 0, command
+
+
+TIMED = {"RTF"}  # a figure of the clock: the same rows otherwise
+
+
+def same_rows(table, again) -> None:
+    keep = [i for i, name in enumerate(table.header) if name not in TIMED]
+    assert again.header == table.header and again.caption == table.caption
+    assert [[row[i] for i in keep] for row in again.rows] == [[row[i] for i in keep] for row in table.rows]
+
+
+def test_each_tables_reproduce_line_makes_the_same_rows(store_uri: str, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 23, item 6: the line is built from the runs behind the rows (it was a placeholder with NAME and
+    batch 6, 2 s under a caption saying batch 1); run into an empty store, it makes the same table."""
+    study_store = f"sqlite:///{tmp_path}/studies.db"
+    from studies.__main__ import main as studies
+
+    assert studies(["create", "--space", "d_state", "--objective", "params", "--trials", "3", "--storage",
+                    str(tmp_path / "made.log"), "--tracking-uri", study_store, "--study-name", "tiny", "-q"]) == 0
+    assert studies(["work", "tiny", "--storage", str(tmp_path / "made.log"), "-q"]) == 0
+    tables = [t for t in all_tables(load_store(store_uri)) if t.name != "literature"]
+    tables += [t for t in all_tables(load_store(study_store)) if t.name == "studies"]
+    assert {t.name for t in tables} == {"main", "ablation_optimized", "claims", "studies"}
+    assert all("NAME" not in t.command and "..." not in t.command and t.unrecorded == 0 for t in tables)
+    assert tables[-1].command == ("python -m studies search --space d_state --objective params --trials 3 "
+                                  "--study-name tiny && python -m reports tables")
+    made: dict[str, str] = {}  # line -> the store it was run into (main and claims share one)
+    for table in tables:
+        if table.command not in made:
+            made[table.command] = f"sqlite:///{tmp_path}/again{len(made)}.db"
+            folder = tmp_path / f"again{len(made)}"
+            folder.mkdir()
+            monkeypatch.chdir(folder)
+            monkeypatch.setenv("MLFLOW_TRACKING_URI", made[table.command])
+            run_line(table.command)
+        again = {t.name: t for t in all_tables(load_store(made[table.command]))}
+        same_rows(table, again[table.name])
+        assert again[table.name].command == table.command
+
+
+@pytest.mark.parametrize(("prog", "argv", "expected"), [
+    ("python -m bench", ["run", "--variant", "optimized", "--out", "x", "--tracking-uri=sqlite:///a.db", "-q",
+                         "--resume", "--steps", "9"], "python -m bench run --variant optimized --steps 9"),
+    ("python -m bench", ["ablate", "--base", "original", "--queue", "j.log", "--study-name", "q", "--seeds", "0,1"],
+     "python -m bench ablate --base original --seeds 0,1"),
+    ("python -m studies", ["create", "--space", "d_state", "--storage", "postgresql://h/db", "--study-name", "s"],
+     "python -m studies search --space d_state --study-name s"),
+    ("python -m bench", ["run", "--data", "vbd:/my data"], "python -m bench run --data 'vbd:/my data'"),
+])
+def test_reproduce_command_keeps_what_computes(prog: str, argv: list[str], expected: str) -> None:
+    from bench.invocation import reproduce_command
+
+    assert reproduce_command(prog, argv) == expected
+
+
+def test_a_torchrun_rank_names_its_processes(monkeypatch: pytest.MonkeyPatch) -> None:
+    from bench.invocation import reproduce_command
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert reproduce_command("python -m bench", ["run", "--variant", "x"]) == "python -m bench run --variant x " \
+                                                                                "--nproc 2"

@@ -154,6 +154,8 @@ def test_queued_ablation_on_postgres_tracking(postgres, tmp_path: Path) -> None:
     pairs = sorted(zip(runs["tags.variant"], runs["tags.seed"]))
     assert pairs == sorted((v, s) for v in ("optimized", "optimized-d_state12", "optimized-expand1") for s in "01")
     assert (runs["status"] == "FINISHED").all()
+    # each run made by a worker carries the command that reproduces it here: the ablation, without its queue
+    assert set(runs["tags.command"]) == {"python -m bench " + " ".join(argv[:-4])}
     trials = trials_of(queue, "ablate-optimized-profile")
     assert len(trials) == 6 and all(t.state.name == "COMPLETE" for t in trials)
 

@@ -11,6 +11,8 @@ import signal
 import sys
 from collections.abc import Callable
 
+from bench.invocation import reproduce_command, set_command
+
 
 class OneLineParser(argparse.ArgumentParser):
     """argparse with a one-line error (no usage block) and no silent abbreviations of long flags."""
@@ -63,8 +65,10 @@ def run_main(make_parser: Callable[[], argparse.ArgumentParser], argv: list[str]
     from bench.tracking.store import forget_clients
     from variants.errors import MbsbenchError
 
-    args = make_parser().parse_args(argv)
+    parser = make_parser()
+    args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # what was typed (bench run --nproc relaunches it)
+    set_command(reproduce_command(parser.prog, args.argv))  # every run this command makes carries it
     set_verbosity(getattr(args, "verbosity", 0))
     if hasattr(args, "threads"):  # every command that computes: before torch computes anything
         from bench.devices import use_threads
@@ -83,6 +87,7 @@ def run_main(make_parser: Callable[[], argparse.ArgumentParser], argv: list[str]
         return 128 + getattr(err, "signum", signal.SIGINT)
     finally:
         signal.signal(signal.SIGTERM, previous)
+        set_command("")
     if text:
         print(text)
     return 0

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.console import library_log_level
+from bench.invocation import command_tags
 from variants.errors import MbsbenchError, error_line, first_line
 
 DEFAULT_URI = "sqlite:///mlflow.db"  # relative to the working directory
@@ -196,10 +197,10 @@ def git_state() -> dict[str, str]:
 
 
 def provenance_tags(device_label: str) -> dict[str, str]:
-    """Tags every run carries: git state, package versions, device, torch threads."""
+    """Tags every run carries: git state, package versions, device, torch threads, the command behind it."""
     import torch
 
-    tags = git_state() | {"device": device_label, "torch_threads": str(torch.get_num_threads())}
+    tags = git_state() | {"device": device_label, "torch_threads": str(torch.get_num_threads())} | command_tags()
     for package in PACKAGES:
         try:
             tags[f"version_{package}"] = importlib.metadata.version(package)

@@ -21,6 +21,7 @@ from bench.console import progress
 from bench.data.datasets import Dataset, check_spec, open_dataset
 from bench.devices import device_name, parameter_dtype
 from bench.interrupts import add_kept
+from bench.invocation import command_tags
 from bench.quality.evaluate import Evaluation, evaluate, write_evaluation
 from bench.tracking.schema import METRIC_LABELS
 from bench.training.checkpoint import check_same_model, load_checkpoint, read_checkpoint
@@ -275,7 +276,7 @@ def _open_record(context: RunContext, trainer: Trainer, name: str, seed: int, da
 
     budget = {"train_budget": " ".join(f"{k}={getattr(trainer.s, k)}" for k in BUDGET)}
     if known:
-        record = RunRecord.resume(context.tracking_uri, known, budget)
+        record = RunRecord.resume(context.tracking_uri, known, budget | command_tags())  # the budget may grow
     else:
         record = RunRecord.start(context.tracking_uri, f"run {name} seed {seed}",
                                  run_tags(name, seed, dataset, context.device) | budget | {"mbsbench.run_key": key},
