@@ -10,7 +10,7 @@ from contextlib import contextmanager
 # flags (each with a value) that choose where results, queues and stores are, never what is computed
 PLACE_FLAGS = ("--tracking-uri", "--out", "--storage", "--queue", "--heartbeat", "--grace")
 # switches that change what is printed or kept, never the numbers (a resumed run equals an uninterrupted one)
-QUIET_SWITCHES = ("--no-track", "--resume", "--overwrite", "-q", "--quiet", "-v", "--verbose")
+QUIET_SWITCHES = ("--no-track", "--resume", "--overwrite", "--retry-failed", "-q", "--quiet", "-v", "--verbose")
 
 _current = ""
 

@@ -2,6 +2,7 @@
 
 import argparse
 import sys
+from pathlib import Path
 
 from bench.cli.common import (
     above,
@@ -46,11 +47,13 @@ def study_spec(args: argparse.Namespace):
     """The spec a create or search command describes, checked against ModelConfig before anything is made."""
     from dataclasses import replace
 
+    from bench.data.datasets import spec_form
     from studies.objectives import ObjectiveSettings
     from studies.space import check_space, parse_space
     from studies.spec import StudySpec, default_sampler
     from variants.registry import build_config
 
+    spec_form(args.data)  # its folders are checked where the work runs (studies work)
     base = build_config(args.base)
     knobs = tuple(parse_space(args.space, _typed(args.choices, "--choices"), _typed(args.range, "--range")))
     check_space(base, list(knobs))
@@ -66,16 +69,15 @@ def cmd_create(args: argparse.Namespace) -> str:
     from studies.queue import create_study
 
     spec = study_spec(args)
-    created = create_study(spec, storage_settings(args))
+    created = create_study(spec, storage_settings(args), args.retry_failed)
     what = f"{created.queued} points queued ({created.before} before)" if spec.sampler == "grid" else \
         f"sampler {spec.sampler}, a budget of {spec.trials} trials"
+    what += created.retried_text
     return f"study {spec.name!r} in {args.storage}: {what}\nstart workers: python -m studies work {spec.name} " \
            f"--storage {args.storage}"
 
 
 def cmd_work(args: argparse.Namespace) -> str:
-    from pathlib import Path
-
     from bench.devices import resolve_device
     from studies.worker import work
 
@@ -89,16 +91,16 @@ def cmd_work(args: argparse.Namespace) -> str:
 
 
 def cmd_search(args: argparse.Namespace) -> str:
-    from pathlib import Path
-
     from bench.devices import resolve_device
     from studies.runner import search
 
     spec = study_spec(args)
-    result = search(spec, storage_settings(args), args.workers, resolve_device(args.device), Path(args.out))
+    result = search(spec, storage_settings(args), args.workers, resolve_device(args.device), Path(args.out),
+                    args.retry_failed)
     states = ", ".join(f"{k.lower()} {v}" for k, v in sorted(result.states.items()))
     head = f"study {spec.name!r}: {result.created.queued} points queued now" if spec.sampler == "grid" else \
         f"study {spec.name!r}: sampler {spec.sampler}"
+    head += result.created.retried_text
     return f"{head}; trials: {states}\n" + show(spec.name, storage_settings(args))
 
 
@@ -126,6 +128,19 @@ def cmd_show(args: argparse.Namespace) -> str:
     settings = storage_settings(args)
     settings.require_existing()
     return show(args.name, settings)
+
+
+def cmd_repair(args: argparse.Namespace) -> str:
+    from studies.journal import repair_journal
+
+    settings = StorageSettings(args.storage)
+    if not settings.is_journal:
+        from variants.errors import MbsbenchError
+
+        raise MbsbenchError(f"--storage {args.storage}: repair mends journal files; a database keeps its own records")
+    kept, damaged, backup = repair_journal(Path(args.storage).expanduser())
+    return f"journal {args.storage}: {kept} complete records kept, {damaged} damaged lines mended or dropped; " \
+           f"the journal as it was: {backup}"
 
 
 def add_storage(p: argparse.ArgumentParser) -> None:
@@ -167,6 +182,8 @@ def add_space(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=non_negative_int, default=0, help="sampler and training seed (default 0)")
     add_storage(p)
     add_tracking(p)
+    p.add_argument("--retry-failed", action="store_true", help="queue again each point whose every trial failed "
+                                                               "(their reasons: python -m studies show NAME)")
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -195,6 +212,9 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=positive_int, default=1, help="worker processes on this machine (default 1)")
     add_device(p)
     p.add_argument("--out", default="runs", help="folder for run folders (default runs)")
+    p = add_command(sub, "repair", "keep every complete record of a journal damaged by a write cut short",
+                    "  python -m studies repair --storage studies.log", cmd_repair)
+    p.add_argument("--storage", required=True, help="the journal file")
     p = add_command(sub, "show", "best trials, Pareto front, importances",
                     "  python -m studies show optimized-memory-d_state-chunk_size", cmd_show)
     p.add_argument("name", help="study name")

@@ -20,11 +20,17 @@ COMMAND_ATTR = "mbsbench_command"  # the command that created the study: what re
 
 @dataclass(frozen=True)
 class Created:
-    """What create_study did: points queued now, points queued before, the study's MLflow run."""
+    """What create_study did: points queued now, points queued before, the study's MLflow run, failed points
+    queued again (--retry-failed)."""
 
     queued: int
     before: int
     run_id: str | None
+    retried: int = 0
+
+    @property
+    def retried_text(self) -> str:
+        return f", {self.retried} failed points queued again" if self.retried else ""
 
 
 def points(spec: StudySpec) -> list[dict]:
@@ -34,8 +40,9 @@ def points(spec: StudySpec) -> list[dict]:
     return grid(list(spec.knobs))
 
 
-def create_study(spec: StudySpec, storage: StorageSettings) -> Created:
-    """Create (or find) the study and queue its untried grid points; safe to run twice, or twice at once."""
+def create_study(spec: StudySpec, storage: StorageSettings, retry_failed: bool = False) -> Created:
+    """Create (or find) the study and queue its untried grid points, and with `retry_failed` each point whose
+    every trial failed; safe to run twice, or twice at once."""
     import optuna
 
     backend = make_storage(storage)
@@ -56,10 +63,26 @@ def create_study(spec: StudySpec, storage: StorageSettings) -> Created:
         fresh = [] if spec.sampler != "grid" else [p for p in points(spec) if p not in queued]
         random.Random(f"{spec.settings.seed}-{len(queued)}").shuffle(fresh)  # the order of a grid is no signal
         fresh = fresh[: spec.trials] if spec.trials is not None else fresh
-        for point in fresh:
+        retried = failed_points(study) if retry_failed else []
+        for point in fresh + retried:
             study.enqueue_trial(point)
         study.set_user_attr(QUEUED_ATTR, queued + fresh)
-    return Created(len(fresh), len(queued), run_id)
+    return Created(len(fresh), len(queued), run_id, len(retried))
+
+
+def _point(trial) -> dict:
+    """A trial's parameters: those it ran with, or those it was queued with (a waiting trial has none yet)."""
+    return dict(trial.params) or dict(trial.system_attrs.get("fixed_params", {}))
+
+
+def failed_points(study) -> list[dict]:
+    """The points whose every trial failed: none complete, pruned, running or queued."""
+    from optuna.trial import TrialState
+
+    failed, alive = [], []
+    for trial in study.get_trials(deepcopy=False):
+        (failed if trial.state == TrialState.FAIL else alive).append(_point(trial))
+    return [p for i, p in enumerate(failed) if p not in alive and p not in failed[:i]]
 
 
 def load_study(storage: StorageSettings, name: str):
@@ -102,11 +125,11 @@ def _study_run(spec: StudySpec, study) -> str | None:
 
 
 def queue_ablation(name: str, storage: StorageSettings, request, profile: dict | None,
-                   tracking_uri: str | None) -> Created:
+                   tracking_uri: str | None, retry_failed: bool = False) -> Created:
     """An ablation as a study: each (variant, seed) of `request` one queued trial that `studies work` trains
     (or, with `profile`, profiles) through bench's normal path and logs as a normal run."""
     spec = StudySpec(name, "ablation_profile" if profile else "ablation", "ablation", request.variants[0],
                      tracking_uri=tracking_uri, ablation={
                          "variants": list(request.variants), "seeds": list(request.seeds),
                          "request": request.to_dict(), "profile": profile})
-    return create_study(spec, storage)
+    return create_study(spec, storage, retry_failed)

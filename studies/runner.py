@@ -17,7 +17,8 @@ from bench.console import status, verbosity
 from studies.queue import Created, create_study, load_study
 from studies.spec import StudySpec
 from studies.storage import StorageSettings, requeue
-from studies.worker import INTERRUPTED, work
+from studies.worker import INTERRUPTED, check_worker, work
+from variants.errors import MbsbenchError
 
 
 @dataclass(frozen=True)
@@ -29,8 +30,10 @@ class SearchResult:
     reasons: list[str]
 
 
-def _worker_main(name: str, storage: StorageSettings, device: str, out: str, index: int, level: int) -> None:
-    """A spawned worker: dies with its parent, stops on the first signal, reports nothing on stdout."""
+def _worker_main(name: str, storage: StorageSettings, device: str, out: str, index: int, level: int,
+                 problems) -> None:
+    """A spawned worker: dies with its parent, stops on the first signal, reports nothing on stdout; a problem of
+    this machine (it stops the worker, its trial queued again) goes to `problems` for the parent to say once."""
     from bench.interrupts import interrupt_once
 
     stop = interrupt_once()
@@ -43,12 +46,17 @@ def _worker_main(name: str, storage: StorageSettings, device: str, out: str, ind
         work(name, storage, device, out=Path(out), index=index, stop=stop)
     except KeyboardInterrupt:
         raise SystemExit(130) from None
+    except MbsbenchError as err:
+        problems.put(str(err))
+        raise SystemExit(2) from None
 
 
-def search(spec: StudySpec, storage: StorageSettings, workers: int, device: str,
-           out: Path = Path("runs")) -> SearchResult:
-    """Create the study (queueing its grid points) and run its trials with `workers` local processes."""
-    created = create_study(spec, storage)  # make_storage sets Optuna's log level (INFO only with -v)
+def search(spec: StudySpec, storage: StorageSettings, workers: int, device: str, out: Path = Path("runs"),
+           retry_failed: bool = False) -> SearchResult:
+    """Create the study (queueing its grid points, and failed ones again with `retry_failed`) and run its trials
+    with `workers` local processes."""
+    check_worker(spec, out)  # before anything is queued
+    created = create_study(spec, storage, retry_failed)  # make_storage sets Optuna's log level (INFO only with -v)
     if workers == 1:
         work(spec.name, storage, device, out=out, index=0)
     else:
@@ -60,8 +68,9 @@ def search(spec: StudySpec, storage: StorageSettings, workers: int, device: str,
 
 def _run_processes(name: str, storage: StorageSettings, device: str, out: Path, workers: int) -> None:
     context = multiprocessing.get_context("spawn")
-    processes = [context.Process(target=_worker_main, args=(name, storage, device, str(out), index, verbosity()))
-                 for index in range(workers)]
+    problems = context.SimpleQueue()
+    processes = [context.Process(target=_worker_main, args=(name, storage, device, str(out), index, verbosity(),
+                                                            problems)) for index in range(workers)]
     for process in processes:
         process.start()
     try:
@@ -82,6 +91,11 @@ def _run_processes(name: str, storage: StorageSettings, device: str, out: Path, 
     for process in processes:
         if process.exitcode is not None and process.exitcode < 0:  # killed by a signal: its trial is ours now
             requeue_dead(name, storage, process.pid, -process.exitcode)
+    said = []
+    while not problems.empty():
+        said.append(problems.get())
+    if said:
+        raise MbsbenchError(f"{len(said)} of {workers} workers stopped: " + "; ".join(dict.fromkeys(said)))
 
 
 def requeue_dead(name: str, storage: StorageSettings, pid: int, signum: int) -> None:

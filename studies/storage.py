@@ -66,13 +66,14 @@ def retry_callback(settings: StorageSettings):
         return optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=settings.retries)
 
 
-def requeue(study, trial, settings: StorageSettings) -> bool:
+def requeue(study, trial, settings: StorageSettings, counted: bool = True) -> bool:
     """Queue a copy of a failed trial (same parameters) the way Optuna's retry callback does ('failed_trial',
-    'retry_history'), at most `retries` times, without its user attributes (its fail reason stays with it)."""
+    'retry_history'), at most `retries` times (always when not `counted`: a trial a worker could not run), without
+    its user attributes (its fail reason stays with it)."""
     import optuna
 
     history = [*trial.system_attrs.get("retry_history", []), trial.number]
-    if len(history) > settings.retries:
+    if counted and len(history) > settings.retries:
         return False
     system = {k: v for k, v in trial.system_attrs.items() if k not in ("failed_trial", "retry_history")}
     system |= {"failed_trial": trial.system_attrs.get("failed_trial", trial.number), "retry_history": history}
@@ -84,7 +85,6 @@ def requeue(study, trial, settings: StorageSettings) -> bool:
 def make_storage(settings: StorageSettings | str):
     """The Optuna storage; a one-line error for a missing folder or an unreachable database."""
     import optuna
-    from optuna.storages.journal import JournalFileBackend, JournalStorage
 
     from bench.console import library_log_level
     from bench.tracking.store import database_url
@@ -95,7 +95,7 @@ def make_storage(settings: StorageSettings | str):
         folder = Path(settings.url).expanduser().resolve().parent
         if not folder.is_dir():
             raise MbsbenchError(f"--storage {settings.url}: folder {folder} does not exist")
-        return JournalStorage(JournalFileBackend(str(Path(settings.url).expanduser())))
+        return open_journal(Path(settings.url).expanduser())
     try:  # under the lock: two machines opening a new database at once would both create its tables
         with stable_enough(), study_lock(settings, "(schema)"):
             return optuna.storages.RDBStorage(
@@ -108,6 +108,19 @@ def make_storage(settings: StorageSettings | str):
     except Exception as err:  # sqlalchemy raises many kinds for a bad or unreachable URL
         message = f"--storage {settings.url}: unreachable ({error_line(err, 120)})"
         raise MbsbenchError(message) from None
+
+
+def open_journal(path: Path):
+    """A journal storage whose appends never land on a torn line; a one-line error naming a bad line."""
+    from optuna.storages.journal import JournalStorage
+
+    from studies.journal import TornSafeJournal, check_journal
+
+    try:
+        return JournalStorage(TornSafeJournal(str(path)))
+    except ValueError:  # JSONDecodeError, or Optuna's 'Invalid log format'
+        check_journal(path)
+        raise
 
 
 def _lock_key(name: str) -> int:

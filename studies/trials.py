@@ -8,9 +8,11 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
+from bench.tracking.records import mlflow_errors
 from studies.objectives import TrialFailedError, evaluate_config
 from studies.space import check_values
 from studies.spec import StudySpec
+from variants.errors import MbsbenchError, error_line
 from variants.registry import build_config
 
 
@@ -28,7 +30,10 @@ def search_trial(spec: StudySpec) -> Callable:
 
     def run(trial) -> tuple[float, ...]:
         params = {knob.name: knob.suggest(trial) for knob in spec.knobs}
-        cfg = check_values(base, params)
+        try:
+            cfg = check_values(base, params)
+        except MbsbenchError as err:  # a point ModelConfig refuses: this trial's result, not the worker's problem
+            raise TrialFailedError(str(err)) from None
         try:
             values = evaluate_config(spec.objective, cfg, spec.settings, trial)
         except TrialFailedError as err:
@@ -49,9 +54,20 @@ def _log_trial(spec: StudySpec, trial, cfg, params: dict, values, reason: str) -
     from bench.tracking.store import provenance_tags
 
     metrics = dict(zip(spec.metrics, values)) if values else None
-    record_trial(spec.tracking_uri, spec.name, parent, trial.number,
-                 cfg.to_dict() | {f"knob_{k}": v for k, v in params.items()}, metrics,
-                 provenance_tags(device_name(spec.settings.device)), reason)
+    try:
+        record_trial(spec.tracking_uri, spec.name, parent, trial.number,
+                     cfg.to_dict() | {f"knob_{k}": v for k, v in params.items()}, metrics,
+                     provenance_tags(device_name(spec.settings.device)), reason)
+    except mlflow_errors() as err:  # the figures go to the study all the same: the store's failure is a warning
+        warn_unlogged(trial, error_line(err, 300))
+
+
+def warn_unlogged(trial, reason: str) -> None:
+    """A trial whose figures reached the study but not the tracking store: a warning, and the reason kept."""
+    from bench.console import warn
+
+    trial.set_user_attr("log_error", reason)
+    warn(f"trial {trial.number}: MLflow logging failed ({reason[:160]}); its figures are in the study")
 
 
 def ablation_trial(spec: StudySpec, device: str, out: Path, workers: int) -> Callable:
@@ -94,6 +110,8 @@ def _profile_pair(spec: StudySpec, trial, variant: str, seed: int, device: str):
         record = profile_recorder(spec.tracking_uri, {"seed": str(seed), "study": spec.name})
     (row,) = profile_variants({variant: cfg}, settings, record)
     trial.set_user_attr("mlflow_run_id", row.get("run_id", ""))
-    if row["status"] != "ok" or row.get("log_error"):
-        raise TrialFailedError(row.get("reason") or row.get("log_error"))
+    if row["status"] != "ok":
+        raise TrialFailedError(row.get("reason"))
+    if row.get("log_error"):
+        warn_unlogged(trial, row["log_error"])
     return (float(row["peak_mem_train_mib"]),)

@@ -21,9 +21,10 @@ from studies.queue import COMMAND_ATTR, load_study
 from studies.spec import StudySpec
 from studies.storage import Heartbeat, StorageSettings, beats, requeue, stable_enough, study_lock
 from studies.trials import trial_function
-from variants.errors import error_line
+from variants.errors import MbsbenchError, error_line, first_line
 
 INTERRUPTED = "interrupted"
+PUT_BACK = "put back"  # the reason of a trial this worker could not run (its setup, not the trial): queued again
 POLL_S = 2  # seconds between looks at the queue while other workers' trials run
 
 
@@ -47,7 +48,8 @@ def _counts_toward_budget(trial) -> bool:
 
     if trial.state != TrialState.FAIL:
         return True
-    return trial.user_attrs.get("fail_reason", "") not in ("", INTERRUPTED)
+    reason = trial.user_attrs.get("fail_reason", "")
+    return reason not in ("", INTERRUPTED) and not reason.startswith(PUT_BACK)
 
 
 def next_trial(study, spec: StudySpec):
@@ -98,6 +100,7 @@ def work(name: str, storage: StorageSettings, device: str, max_trials: int | Non
     study, spec = load_study(storage, name)
     if tracking_uri:
         spec = replace(spec, tracking_uri=tracking_uri)
+    check_worker(spec, out)
     study = optuna.load_study(study_name=name, storage=study._storage, sampler=sampler_for(spec, index))
     run = trial_function(spec, device, out, metric_workers)
     report = WorkReport()
@@ -118,6 +121,23 @@ def work(name: str, storage: StorageSettings, device: str, max_trials: int | Non
 
             raise Interrupted(f"stopped after trial {trial.number}", stop.signum)
     return report
+
+
+def check_worker(spec: StudySpec, out: Path) -> None:
+    """What this machine needs before it takes a trial: the study's data, a writable --out for run folders, the
+    study's tracking store. A one-line error otherwise, and the queue stays as it is."""
+    from bench.data.datasets import check_spec
+    from bench.tracking.store import client
+    from bench.training.request import check_writable
+
+    trains = spec.kind == "ablation" and not spec.ablation.get("profile")
+    if trains:
+        check_spec(spec.ablation["request"]["data"])
+        check_writable(out)
+    elif "val_pesq_wb" in spec.metrics:
+        check_spec(spec.settings.data)
+    if spec.tracking_uri:
+        client(spec.tracking_uri)
 
 
 def run_trial(study, trial, run, storage: StorageSettings) -> str:
@@ -143,6 +163,11 @@ def run_trial(study, trial, run, storage: StorageSettings) -> str:
 
             add_kept(err, f"trial {trial.number} of study {study.study_name!r} marked interrupted and queued again")
             raise
+        except (MbsbenchError, OSError) as err:  # this machine's problem (data, disk, folder), not the trial's
+            _fail(study, trial, f"{PUT_BACK}: {error_line(err, 400)}")
+            requeue(study, study._storage.get_trial(trial._trial_id), storage, counted=False)
+            raise MbsbenchError(f"study {study.study_name!r}: trial {trial.number} put back in the queue, this worker "
+                                f"stops: {first_line(err, 300)}") from None
         except (RuntimeError, MemoryError, ValueError) as err:  # a failure is a result, recorded; the study goes on
             return _fail(study, trial, error_line(err, 400))
     study.tell(trial, list(values))

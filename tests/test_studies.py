@@ -78,6 +78,9 @@ def run_cli(*argv: str, cwd: Path) -> subprocess.CompletedProcess:
          "unreachable"),
         (["show", "nothing", "--storage", "{tmp}/s.log"], "no such storage"),  # and none is created
         (["search", "--space", "d_state", "--objective", "speed", "--no-track"], "--objective 'speed'"),
+        (["create", "--space", "d_state", "--objective", "pesq", "--data", "foo:bar", "--no-track"],
+         "unknown data spec 'foo:bar'"),  # it was accepted, and every trial failed on the workers
+        (["search", "--space", "d_state", "--study-name", "", "--no-track"], "--study-name '': expected a non-empty"),
     ],
 )
 def test_studies_bad_input(tmp_path: Path, argv: list[str], fragment: str) -> None:

@@ -120,11 +120,26 @@ def cmd_ablate(args: argparse.Namespace) -> str:
     from variants.registry import single_change_names
 
     variants = [args.base, *single_change_names(args.base, list(args.changes) if args.changes else None)]
+    _check_queue_flags(args)
     if args.queue:
         return _queue(variants, args)
     if args.profile_only:
         return _ablate_profile(variants, args)
     return _render(train(args, variants, f"ablate {args.base}"), args.format)
+
+
+def _check_queue_flags(args: argparse.Namespace) -> None:
+    """Queue flags only with --queue; with it, no flag a worker would ignore (its folder is its own)."""
+    from variants.errors import MbsbenchError
+
+    typed = {a.split("=")[0] for a in args.argv if a.startswith("--")}
+    stray = sorted(typed & {"--study-name", "--retry-failed"}) if args.queue is None else []
+    ignored = sorted(typed & {"--out", "--resume", "--overwrite"}) if args.queue is not None else []
+    if stray:
+        raise MbsbenchError(f"{stray[0]}: only with --queue STORAGE")
+    if ignored:
+        raise MbsbenchError(f"{ignored[0]} with --queue: each worker chooses its own (python -m studies work NAME "
+                            "--out FOLDER resumes its run folders); leave it out here")
 
 
 def _queue(variants: list[str], args: argparse.Namespace) -> str:
@@ -134,21 +149,22 @@ def _queue(variants: list[str], args: argparse.Namespace) -> str:
     """
     from dataclasses import asdict
 
-    from bench.data.datasets import check_spec
+    from bench.data.datasets import spec_form
     from bench.training.request import resolve_configs, train_settings
     from studies.queue import queue_ablation
     from studies.storage import StorageSettings
 
     request = run_request(args, variants, None)
     resolve_configs(request)
-    check_spec(request.data)
+    spec_form(request.data)  # its folders are checked where the work runs (studies work)
     for seed in request.seeds:
         train_settings(request, request.data, seed)
     profile = asdict(_profile_settings(args, "cpu")) if args.profile_only else None
     name = args.study_name or f"ablate-{args.base}{'-profile' if args.profile_only else ''}"
-    created = queue_ablation(name, StorageSettings(args.queue), request, profile, tracking_uri(args))
+    created = queue_ablation(name, StorageSettings(args.queue), request, profile, tracking_uri(args),
+                             args.retry_failed)
     return (f"study {name!r} in {args.queue}: {created.queued} (variant, seed) pairs queued ({created.before} "
-            f"before)\nstart workers: python -m studies work {name} --storage {args.queue}")
+            f"before){created.retried_text}\nstart workers: python -m studies work {name} --storage {args.queue}")
 
 
 def _ablate_profile(variants: list[str], args: argparse.Namespace) -> str:
@@ -231,4 +247,6 @@ def add_run_commands(sub) -> None:
                                                       "this Optuna storage, for `python -m studies work` on any "
                                                       "machine, instead of running them here")
     p.add_argument("--study-name", help="with --queue: the study (default ablate-BASE[-profile])")
+    p.add_argument("--retry-failed", action="store_true", help="with --queue: queue again each pair whose every "
+                                                               "trial failed (reasons: python -m studies show NAME)")
     add_training_flags(p)

@@ -15,11 +15,17 @@ from bench.invocation import reproduce_command, set_command
 
 
 class OneLineParser(argparse.ArgumentParser):
-    """argparse with a one-line error (no usage block) and no silent abbreviations of long flags."""
+    """argparse with a one-line error (no usage block), no silent abbreviations of long flags, no empty values."""
 
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("allow_abbrev", False)
         super().__init__(*args, **kwargs)
+
+    def _get_value(self, action: argparse.Action, arg_string: str):
+        if arg_string == "" and action.choices is None:  # never silently the default, nor "here" for --queue ''
+            name = action.option_strings[-1] if action.option_strings else action.dest
+            raise argparse.ArgumentError(None, f"argument {name}: '': expected a non-empty value")
+        return super()._get_value(action, arg_string)
 
     def error(self, message: str):
         print(f"error: {one_line(message)} (see {self.prog} --help)", file=sys.stderr)

@@ -227,27 +227,33 @@ def synth_settings(text: str) -> SynthSettings:
     return SynthSettings(**fields)
 
 
-def open_dataset(spec: str, cache: Path | None = None, seed: int = 0) -> Dataset:
-    """synth | vbd:PATH | paired:CLEAN_DIR,NOISY_DIR (paired: every pair is in the 'test' split)."""
+def spec_form(spec: str) -> tuple[str, str]:
+    """(kind, rest) of a well-formed data spec, nothing opened (the folders may be on another machine)."""
     kind, _, rest = spec.partition(":")
     if kind == "synth":
-        return open_synth(synth_settings(rest), cache)
-    if kind == "vbd" and rest:
-        return open_vbd(Path(rest).expanduser(), seed=seed)
-    if kind == "paired" and rest.count(",") == 1:
-        clean_dir, noisy_dir = (Path(p).expanduser() for p in rest.split(","))
-        pairs, problems = pair_folders(clean_dir, noisy_dir)
-        return Dataset(spec, {"test": pairs}, problems)
+        synth_settings(rest)
+        return kind, rest
+    if (kind == "vbd" and rest) or (kind == "paired" and rest.count(",") == 1):
+        return kind, rest
     expected = "synth, synth:SEED, synth:seed=N,train=N,val=N,test=N, vbd:PATH or paired:CLEAN_DIR,NOISY_DIR"
     raise MbsbenchError(f"unknown data spec {spec!r}; expected {expected}")
 
 
+def open_dataset(spec: str, cache: Path | None = None, seed: int = 0) -> Dataset:
+    """synth | vbd:PATH | paired:CLEAN_DIR,NOISY_DIR (paired: every pair is in the 'test' split)."""
+    kind, rest = spec_form(spec)
+    if kind == "synth":
+        return open_synth(synth_settings(rest), cache)
+    if kind == "vbd":
+        return open_vbd(Path(rest).expanduser(), seed=seed)
+    clean_dir, noisy_dir = (Path(p).expanduser() for p in rest.split(","))
+    pairs, problems = pair_folders(clean_dir, noisy_dir)
+    return Dataset(spec, {"test": pairs}, problems)
+
+
 def check_spec(spec: str) -> None:
     """A data spec checked without generating anything: the synth settings parsed, folders listed."""
-    kind, _, rest = spec.partition(":")
-    if kind == "synth":
-        synth_settings(rest)
-    else:
+    if spec_form(spec)[0] != "synth":
         open_dataset(spec)
 
 

@@ -17,12 +17,13 @@ from pathlib import Path
 
 import torch
 
-from bench.console import progress
+from bench.console import progress, warn
 from bench.data.datasets import Dataset, check_spec, open_dataset
 from bench.devices import device_name, parameter_dtype
 from bench.interrupts import add_kept
 from bench.invocation import command_tags
 from bench.quality.evaluate import Evaluation, evaluate, write_evaluation
+from bench.tracking.records import RunRecord, mlflow_errors
 from bench.tracking.schema import METRIC_LABELS
 from bench.training.checkpoint import check_same_model, load_checkpoint, read_checkpoint
 from bench.training.request import (
@@ -37,7 +38,7 @@ from bench.training.request import (
 )
 from bench.training.trainer import Trainer, TrainObserver, TrainResult, check_same_math
 from variants.config import ModelConfig
-from variants.errors import MbsbenchError
+from variants.errors import MbsbenchError, error_line
 from variants.layers import resolve_scan
 from variants.registry import build_model, count_params
 
@@ -272,15 +273,18 @@ def _open_record(context: RunContext, trainer: Trainer, name: str, seed: int, da
     """The run's MLflow record: the checkpoint's own run (`known`) when resuming, else a new one; None untracked."""
     if not context.tracking_uri or not context.ranks.main:
         return None
-    from bench.tracking.records import RunRecord
-
     budget = {"train_budget": " ".join(f"{k}={getattr(trainer.s, k)}" for k in BUDGET)}
-    if known:
-        record = RunRecord.resume(context.tracking_uri, known, budget | command_tags())  # the budget may grow
-    else:
-        record = RunRecord.start(context.tracking_uri, f"run {name} seed {seed}",
-                                 run_tags(name, seed, dataset, context.device) | budget | {"mbsbench.run_key": key},
-                                 run_params(trainer.cfg, trainer.s, dataset, context.device, recipe), parent_id)
+    try:
+        if known:
+            record = RunRecord.resume(context.tracking_uri, known, budget | command_tags())  # the budget may grow
+        else:
+            record = RunRecord.start(context.tracking_uri, f"run {name} seed {seed}", run_tags(name, seed, dataset,
+                                     context.device) | budget | {"mbsbench.run_key": key},
+                                     run_params(trainer.cfg, trainer.s, dataset, context.device, recipe), parent_id)
+    except mlflow_errors() as err:  # the store went away since it was checked: the training goes on untracked
+        warn(f"MLflow logging failed ({error_line(err, 160)}); {name} seed {seed} trains untracked, its results "
+             f"kept in {trainer.folder}")
+        return None
     trainer.saved_extra |= {"run_mlflow_id": record.run_id, "run_mlflow_parent": parent_id or ""}
     return record
 

@@ -167,6 +167,11 @@ def check_outputs(request: RunRequest) -> None:
     for variant in request.variants:
         for seed in request.seeds:
             check_run_folder(request, variant, seed)
+    check_writable(out)
+
+
+def check_writable(out: Path) -> None:
+    """--out created where missing and written to once, or a one-line error."""
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = out / f".write-test-{os.getpid()}"
