@@ -334,3 +334,56 @@ def test_caught_errors_are_reported_in_one_line_even_without_a_message() -> None
     assert error_line(RuntimeError("out of memory\nTried to allocate 2 GiB"), 6) == "RuntimeError: out of"
     assert first_line(OSError("\n  disk full \nmore")) == "disk full"
     assert error_line(KeyError()) == first_line(KeyError()) == "KeyError"  # str(err).splitlines()[0] raised here
+
+
+def test_two_runs_never_share_a_run_folder(tmp_path: Path) -> None:
+    """Issue 24, item 3: the second run into a folder in use lost one run's work (or crashed on the shared
+    last.pt.tmp); it is refused with one line naming the holder, and a SIGKILLed holder leaves no stale lock."""
+    common = [*RUN, "--steps", "400", "--checkpoint-every", "2", "--no-track", "-q", "--out", str(tmp_path / "out")]
+    holder = start(common, tmp_path)
+    wait_for_checkpoint(holder, tmp_path / "out" / "optimized-seed0" / "last.pt", 2)
+    second = cli(*common, "--overwrite", cwd=tmp_path)
+    assert second.returncode == 2 and second.stderr.count("\n") == 1, second.stderr
+    assert f"optimized-seed0 is in use by pid {holder.pid} on " in second.stderr
+    assert "python -m bench run --variant optimized" in second.stderr  # what the holder is doing
+    assert holder.poll() is None  # untouched
+    holder.send_signal(signal.SIGKILL)
+    holder.wait()
+    assert not list((tmp_path / "out" / "optimized-seed0").glob("*.tmp"))  # temp names are the process's own
+    assert bench([*RUN, "--steps", "2", "--no-track", "-q", "--out", str(tmp_path / "out"), "--overwrite"]) == 0
+
+
+@pytest.fixture
+def full_disk(tmp_path: Path):
+    """A 1 MiB tmpfs filled up but for `free` bytes (root can mount one; elsewhere the test is skipped)."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True)
+    if made.returncode:
+        pytest.skip(f"cannot mount a tmpfs here ({made.stderr.decode().strip()[:80]})")
+
+    def fill(free: int) -> None:
+        stats = os.statvfs(mount)
+        (mount / "filler").write_bytes(b"\0" * (stats.f_bavail * stats.f_frsize - free))
+
+    try:
+        yield mount, fill
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_full_disk_is_one_line_and_the_last_checkpoint_stays(full_disk, tmp_path: Path) -> None:
+    """Issue 24, item 9: a 47-line traceback from torch.save that never said 'disk full', a partial temp file
+    holding the space."""
+    from bench.training.checkpoint import write_atomically
+    from variants.errors import MbsbenchError
+
+    mount, fill = full_disk
+    write_atomically(mount / "last.pt", b"old" * 1000)
+    fill(8192)
+    with pytest.raises(MbsbenchError, match=r"disk full: no space left in .* to write last\.pt .*previous last\.pt"):
+        write_atomically(mount / "last.pt", b"new" * 100_000)
+    assert (mount / "last.pt").read_bytes() == b"old" * 1000 and not list(mount.glob("*.tmp"))
+    run = cli(*RUN, "--steps", "2", "--no-track", "-q", "--out", str(mount / "runs"), cwd=tmp_path)
+    assert run.returncode == 2 and run.stderr.count("\n") == 1 and "disk full" in run.stderr, run.stderr
+    assert not list(mount.rglob("*.tmp"))

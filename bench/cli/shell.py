@@ -5,6 +5,7 @@ kept and exit 130 (143); results go to stdout only.
 """
 
 import argparse
+import errno
 import importlib.metadata
 import re
 import signal
@@ -86,6 +87,12 @@ def run_main(make_parser: Callable[[], argparse.ArgumentParser], argv: list[str]
         text = args.func(args)
     except MbsbenchError as err:
         print(f"error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        print(f"error: disk full: no space left to write {err.filename or 'a file'}; what was written before is "
+              "kept", file=sys.stderr)
         return 2
     except KeyboardInterrupt as err:
         kept = getattr(err, "kept", "")

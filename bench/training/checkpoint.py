@@ -1,5 +1,8 @@
 """Checkpoints: a model's weights with the config and variant name that built it."""
 
+import errno
+import io
+import os
 from pathlib import Path
 
 import torch
@@ -10,11 +13,37 @@ from variants.errors import MbsbenchError
 
 
 def save_checkpoint(path: Path, model: nn.Module, cfg: ModelConfig, variant: str, extra: dict | None = None) -> None:
-    """Write weights, config fields and variant name (atomically: temp file, then rename)."""
+    """Write weights, config fields and variant name, atomically (write_atomically)."""
+    buffer = io.BytesIO()  # serialised here: a full disk is then the file's own OSError, not torch's zip writer's
+    torch.save({"variant": variant, "config": cfg.to_dict(), "state_dict": model.state_dict()} | (extra or {}), buffer)
+    write_atomically(path, buffer.getbuffer())
+
+
+def write_atomically(path: Path, data: bytes | memoryview) -> None:
+    """`data` to `path` through a temp file of this process, synced to disk before the rename and the folder
+    after it: a crash leaves the old file or the new one. A full disk is a one-line error, the temp removed,
+    the old file kept."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_suffix(path.suffix + ".tmp")
-    torch.save({"variant": variant, "config": cfg.to_dict(), "state_dict": model.state_dict()} | (extra or {}), temp)
-    temp.replace(path)
+    temp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(temp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp, path)
+        folder = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(folder)
+        finally:
+            os.close(folder)
+    except OSError as err:
+        temp.unlink(missing_ok=True)
+        if err.errno in (errno.ENOSPC, errno.EDQUOT):
+            kept = f"the previous {path.name} is kept" if path.exists() else f"no {path.name} was written"
+            again = "--resume continues from last.pt" if (path.parent / "last.pt").exists() else "run again"
+            raise MbsbenchError(f"disk full: no space left in {path.parent} to write {path.name} ({len(data)} "
+                                f"bytes); {kept}; free space, then {again}") from None
+        raise
 
 
 def read_checkpoint(path: Path, map_location: str = "cpu") -> dict:

@@ -25,7 +25,7 @@ from bench.invocation import command_tags
 from bench.quality.evaluate import Evaluation, evaluate, write_evaluation
 from bench.tracking.records import RunRecord, mlflow_errors
 from bench.tracking.schema import METRIC_LABELS
-from bench.training.checkpoint import check_same_model, load_checkpoint, read_checkpoint
+from bench.training.checkpoint import check_same_model, load_checkpoint, read_checkpoint, write_atomically
 from bench.training.request import (
     BUDGET,
     RunContext,
@@ -36,6 +36,7 @@ from bench.training.request import (
     run_folder,
     train_settings,
 )
+from bench.training.run_lock import hold_run_folders
 from bench.training.trainer import Trainer, TrainObserver, TrainResult, check_same_math
 from variants.config import ModelConfig
 from variants.errors import MbsbenchError, error_line
@@ -118,8 +119,17 @@ def run_experiment(request: RunRequest, context: RunContext) -> ExperimentOutcom
     dataset = open_splits(request.data)
     earlier = finished_before(request, context, configs, dataset) if request.skip_finished else {}
     todo = [(name, cfg, seed) for name, cfg in configs.items() for seed in request.seeds if (name, seed) not in earlier]
-    for name, _, seed in todo:  # a folder that holds a run with other settings is not overwritten either
-        check_run_folder(replace(request, skip_finished=False), name, seed)
+    held = [run_folder(request, name, seed) for name, _, seed in todo] if context.ranks.main else []
+    with hold_run_folders(held):  # before the folders are looked at: two runs never share one
+        for name, _, seed in todo:  # a folder that holds a run with other settings is not overwritten either
+            check_run_folder(replace(request, skip_finished=False), name, seed)
+        outcomes, noisy = _run_todo(request, context, dataset, todo)
+    return ExperimentOutcome(noisy, outcomes, list(earlier.values()), context.tracking_uri)
+
+
+def _run_todo(request: RunRequest, context: RunContext, dataset: Dataset,
+              todo: list[tuple[str, ModelConfig, int]]) -> tuple[list[RunOutcome], Evaluation | None]:
+    """Score the noisy input, then train and score each (variant, seed) under the ablation's parent run."""
     resumed = resumable(request, {name: cfg for name, cfg, _ in todo}, dataset, context.ranks.world)
     noisy = evaluate(dataset, "test", None, workers=context.workers)[0] if context.ranks.main else None
     outcomes = []
@@ -128,7 +138,7 @@ def run_experiment(request: RunRequest, context: RunContext) -> ExperimentOutcom
         for name, cfg, seed in todo:
             saved = resumed.get((name, seed), {})
             outcomes.append(_one(request, context, name, cfg, seed, dataset, noisy, parent_id, saved))
-    return ExperimentOutcome(noisy, outcomes, list(earlier.values()), context.tracking_uri)
+    return outcomes, noisy
 
 
 def run_key(cfg: ModelConfig, settings: TrainSettings, dataset: Dataset) -> str:
@@ -320,6 +330,5 @@ def run_figures(cfg: ModelConfig, result: TrainResult, evaluation: Evaluation | 
 
 def write_result(path: Path, outcome: RunOutcome, key: str) -> None:
     """The run's summary as JSON in its folder: there whether or not the tracking store took it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     row = outcome.row() | {"run_id": outcome.run_id, "run_key": key}
-    path.write_text(json.dumps(row, indent=2, default=str))
+    write_atomically(path, json.dumps(row, indent=2, default=str).encode())
