@@ -24,7 +24,7 @@ def cmd_tables(args: argparse.Namespace) -> str:
     from reports.tables import all_tables
 
     render, suffix = RENDERERS[args.format]
-    texts = [(table.name, render(table)) for table in all_tables(_store(args), args.device)]
+    texts = [(table.name, render(table)) for table in all_tables(_store(args), args.device or "")]
     if args.out:
         from bench.console import status
 
@@ -51,7 +51,7 @@ def make_parser() -> argparse.ArgumentParser:
                     "  python -m reports tables\n  python -m reports tables --format latex --out paper/", cmd_tables)
     p.add_argument("--format", choices=FORMATS, default="md", help="md (Markdown) or latex (booktabs); default md")
     p.add_argument("--out", help="folder for one file per table (default: print only)")
-    p.add_argument("--device", default="", help="only profiles and runs of devices whose name contains this, "
+    p.add_argument("--device", help="only profiles and runs of devices whose name contains this, "
                                                 "e.g. H200 (default: one set of tables per device)")
     add_tracking(p, optional=False)
     p = add_command(sub, "plots", "Pareto fronts, memory vs length, training curves, study history and importances",

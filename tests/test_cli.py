@@ -54,3 +54,23 @@ def test_bad_input_one_line(argv: list[str], fragment: str) -> None:
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and fragment in lines[0]
     assert "Traceback" not in proc.stderr
+
+
+def test_no_flag_defaults_to_an_empty_string() -> None:
+    """An empty value typed is an error (--queue '' ran the whole ablation here); so no default may be ''."""
+    import argparse
+
+    from bench.__main__ import make_parser as bench_parser
+    from reports.__main__ import make_parser as reports_parser
+    from studies.__main__ import make_parser as studies_parser
+
+    def actions(parser: argparse.ArgumentParser):
+        for action in parser._actions:
+            yield parser.prog, action
+            if isinstance(action, argparse._SubParsersAction):
+                for sub in action.choices.values():
+                    yield from actions(sub)
+
+    found = [(prog, a.dest) for make in (bench_parser, studies_parser, reports_parser)
+             for prog, a in actions(make()) if a.default == ""]
+    assert found == []

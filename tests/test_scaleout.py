@@ -160,8 +160,9 @@ def test_queued_ablation_on_postgres_tracking(postgres, tmp_path: Path) -> None:
     assert len(trials) == 6 and all(t.state.name == "COMPLETE" for t in trials)
 
 
-def test_mlflow_server_on_postgres(postgres, tmp_path: Path) -> None:
-    """A real `mlflow server`: bench profile logs through it, reports read the figures back, artifacts download."""
+def test_mlflow_server_on_postgres(postgres, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A real `mlflow server`: bench profile logs through it, reports read the figures back, artifacts download;
+    stdout holds the results only (MLflow printed 'View run ... at:' lines there)."""
     from servers import MlflowServer
 
     from bench.tracking.store import download_artifact, search_runs
@@ -170,6 +171,7 @@ def test_mlflow_server_on_postgres(postgres, tmp_path: Path) -> None:
     try:
         assert bench(["profile", "--variant", "optimized", *TINY, "--batch", "1", "--seconds", "0.1", "--repeats",
                       "1", "--no-rss", "--tracking-uri", server.url, "--format", "json", "--device", "cpu"]) == 0
+        assert json.loads(capsys.readouterr().out)[0]["variant"] == "optimized"
         run = search_runs(server.url, "mbsbench-profile").iloc[0]
         assert reports(["tables", "--tracking-uri", server.url, "--out", str(tmp_path / "paper")]) == 0
         main = (tmp_path / "paper" / "main.md").read_text()

@@ -23,6 +23,7 @@ class OneLineParser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
 
     def _get_value(self, action: argparse.Action, arg_string: str):
+        # argparse passes string defaults through here too: no flag of ours has "" as its default (a test checks)
         if arg_string == "" and action.choices is None:  # never silently the default, nor "here" for --queue ''
             name = action.option_strings[-1] if action.option_strings else action.dest
             raise argparse.ArgumentError(None, f"argument {name}: '': expected a non-empty value")
