@@ -196,3 +196,19 @@ def test_a_run_below_the_noisy_input_says_so() -> None:
                         "runs/optimized-seed0, MLflow run abc in sqlite:///m.db")
     assert warnings[-1] == "optimized seed 0 scores below the noisy input on STOI, SSNR"
     assert "less than one epoch (0.04)" in warnings[0] and lines[-1].startswith("next: python -m reports tables")
+
+
+@pytest.mark.parametrize(("extra", "fragment"), [
+    (["--variant", "optimized", "--phase-loss"], "--phase-loss: optimized has no phase output (decoder mask3tap)"),
+    (["--variant", "original", "--batch", "9"], "--batch 9: the training split of synth:"),
+    (["--variant", "optimized", "--set", "sample_rate=0"], "sample_rate=0: expected 16000"),
+])
+def test_flags_never_silently_do_something_else(extra: list[str], fragment: str, tmp_path: Path,
+                                                capsys: pytest.CaptureFixture) -> None:
+    """Issue 24, item 7: the phase term was ignored while logged as on; the batch was cut to the split (and
+    crashed under --nproc); sample_rate=0 ran and exited 0."""
+    assert main(["run", *extra, *TINY_MODEL, "--data", TINY_DATA, "--steps", "1", "--out", str(tmp_path),
+                  "--no-track", "--workers", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and fragment in err[0], err
+    assert not list(tmp_path.glob("*-seed0/*.pt"))  # refused before the first step

@@ -66,6 +66,9 @@ class ModelConfig:
         for name in POSITIVE:
             if getattr(self, name) < 1:
                 raise MbsbenchError(f"{name}={getattr(self, name)} must be a positive integer")
+        if self.sample_rate != 16000:  # the data, the STFT sizes and wide-band PESQ are all 16 kHz
+            raise MbsbenchError(f"sample_rate={self.sample_rate}: expected 16000 (the models, data and metrics are "
+                                "16 kHz)")
         if self.dt_rank < 0:
             raise MbsbenchError(f"dt_rank={self.dt_rank} must be >= 0 (0 means ceil(d_inner / 16))")
         if sum(self.band_widths) != self.n_bins or min(self.band_widths) < 1:

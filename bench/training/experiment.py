@@ -113,10 +113,18 @@ def open_splits(spec: str) -> Dataset:
     return dataset
 
 
+def check_batch(batch: int, dataset: Dataset) -> None:
+    """A batch is never silently cut to the training split."""
+    if batch > len(dataset.split("train")):
+        raise MbsbenchError(f"--batch {batch}: the training split of {dataset.spec} has {len(dataset.split('train'))}"
+                            " utterances; expected a batch no larger")
+
+
 def run_experiment(request: RunRequest, context: RunContext) -> ExperimentOutcome:
     """Train and evaluate each (variant, seed), log each run, and return the outcomes."""
     configs = preflight(request, context, check_spec)
     dataset = open_splits(request.data)
+    check_batch(train_settings(request, dataset.spec, request.seeds[0], context.ranks.world).batch, dataset)
     earlier = finished_before(request, context, configs, dataset) if request.skip_finished else {}
     todo = [(name, cfg, seed) for name, cfg in configs.items() for seed in request.seeds if (name, seed) not in earlier]
     held = [run_folder(request, name, seed) for name, _, seed in todo] if context.ranks.main else []

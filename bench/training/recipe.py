@@ -30,8 +30,8 @@ class CropSampler:
     """Batches of random crops, a pure function of (seed, epoch, index): resumable by construction."""
 
     def __init__(self, pairs: list[Pair], batch: int, crop_seconds: float, seed: int, sample_rate: int):
-        if not pairs:
-            raise MbsbenchError("the training split is empty")
+        if not pairs or batch > len(pairs):
+            raise MbsbenchError(f"batch {batch}: the training split has {len(pairs)} utterances")
         self.pairs, self.size, self.seed = pairs, batch, seed
         self.crop = round(crop_seconds * sample_rate)
         self.per_epoch = max(1, len(pairs) // batch)

@@ -198,6 +198,10 @@ def check_request(request: RunRequest, spec_check) -> dict[str, ModelConfig]:
     if request.resume and request.overwrite:
         raise MbsbenchError("--resume and --overwrite contradict each other: choose one")
     configs = resolve_configs(request)
+    no_phase = [name for name, cfg in configs.items() if cfg.decoder != "dual_magphase"]
+    if request.phase_loss and no_phase:
+        raise MbsbenchError(f"--phase-loss: {', '.join(no_phase)} has no phase output (decoder "
+                            f"{configs[no_phase[0]].decoder}); the phase term needs decoder=dual_magphase")
     spec_check(request.data)
     for seed in request.seeds:
         train_settings(request, request.data, seed)
