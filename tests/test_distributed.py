@@ -132,3 +132,45 @@ def test_reference_recipe_turns_metricgan_on(tmp_path: Path) -> None:
     off = train_settings(RunRequest(("optimized",), recipe="reference", metricgan=False, steps=10), "vbd:x", 0)
     assert not off.metricgan and off.steps == 10 and off.epochs is None
     assert json.dumps(reference.world_size) == "1"
+
+
+def nproc_run(*argv: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "bench", *RUN, "--batch", "2", "--nproc", "2", *argv],
+                          capture_output=True, text=True, timeout=300, env=os.environ | {"OMP_NUM_THREADS": "1"},
+                          cwd=cwd)
+
+
+@pytest.mark.processes
+def test_nproc_errors_are_the_launchers_one_line(tmp_path: Path) -> None:
+    """Issue 24, item 8: a store unreachable or a resume mismatch under --nproc was torchrun's 43-line report
+    and exit 1: checked once before the ranks start, one line, exit 2."""
+    down = nproc_run("--steps", "1", "--tracking-uri", "http://127.0.0.1:9", "--out", str(tmp_path / "o"),
+                     cwd=tmp_path)
+    assert down.returncode == 2 and down.stderr.count("\n") == 1 and "unreachable" in down.stderr, down.stderr
+    assert bench([*RUN, "--batch", "2", "--steps", "1", "--no-track", "--out", str(tmp_path / "r")]) == 0
+    other = nproc_run("--steps", "2", "--lr", "0.5", "--resume", "--no-track", "--out", str(tmp_path / "r"),
+                      cwd=tmp_path)
+    assert other.returncode == 2 and other.stderr.count("\n") == 1 and "lr" in other.stderr, other.stderr
+
+
+@pytest.mark.processes
+def test_a_killed_rank_is_named_and_the_others_stop(tmp_path: Path) -> None:
+    import time
+
+    launcher = subprocess.Popen([sys.executable, "-m", "bench", *RUN, "--batch", "2", "--nproc", "2", "--steps",
+                                 "100000", "--checkpoint-every", "2", "--no-track", "--out", str(tmp_path / "o")],
+                                stderr=subprocess.PIPE, text=True, env=os.environ | {"OMP_NUM_THREADS": "1"},
+                                cwd=tmp_path)
+    last = tmp_path / "o" / "optimized-seed0" / "last.pt"
+    deadline = time.monotonic() + 240
+    while not last.is_file() and time.monotonic() < deadline:
+        assert launcher.poll() is None, launcher.communicate()
+        time.sleep(0.2)
+    ranks = subprocess.run(["pgrep", "-P", str(launcher.pid)], capture_output=True, text=True).stdout.split()
+    rank1 = next(pid for pid in ranks if "RANK=1\0" in Path(f"/proc/{pid}/environ").read_text())
+    os.kill(int(rank1), signal.SIGKILL)
+    _, err = launcher.communicate(timeout=120)
+    assert launcher.returncode == 128 + signal.SIGKILL, err
+    assert "error: rank 1 died of SIGKILL; the other ranks were stopped; the same command with --resume" in err
+    assert "Traceback" not in err and "ChildFailedError" not in err
+    assert subprocess.run(["pgrep", "-P", str(launcher.pid)], capture_output=True).stdout == b""

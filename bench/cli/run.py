@@ -62,6 +62,9 @@ def train(args: argparse.Namespace, variants: list[str], parent_name: str | None
 
     try:
         return run_experiment(request, context)
+    except RuntimeError as err:
+        distributed.stop_on_lost_peer(err, context.ranks)
+        raise
     finally:
         distributed.stop()
 
@@ -96,21 +99,19 @@ def cmd_run(args: argparse.Namespace) -> str:
 
 
 def _relaunch(args: argparse.Namespace) -> str:
-    """`bench run --nproc G`: the same command as G torchrun ranks on this machine; their exit code is ours."""
-    import subprocess
-
-    from bench.data.datasets import check_spec
-    from bench.training.distributed import torchrun_command
-    from bench.training.request import check_request, train_settings
+    """`bench run --nproc G`: the same command as G ranks on this machine (checked here first); their exit code
+    is ours."""
+    from bench.devices import resolve_device
+    from bench.training.distributed import launch_ranks
+    from bench.training.experiment import check_before_launch
 
     request = run_request(args, [args.variant])
-    check_request(request, check_spec)  # here, once: not one error per rank from under torchrun
-    for seed in request.seeds:
-        train_settings(request, request.data, seed, args.nproc)
+    # here, once: not one error per rank
+    check_before_launch(request, tracking_uri(args), resolve_device(args.device), args.nproc)
     argv = list(args.argv)
     at = next(i for i, a in enumerate(argv) if a == "--nproc" or a.startswith("--nproc="))
     del argv[at : at + (1 if "=" in argv[at] else 2)]
-    code = subprocess.call(torchrun_command(args.nproc, argv))
+    code = launch_ranks(args.nproc, argv)
     if code:
         raise SystemExit(code)
     return ""
@@ -233,7 +234,8 @@ def add_run_commands(sub) -> None:
                     "--recipe reference --precision bf16", cmd_run)
     p.add_argument("--variant", required=True, help="registered name, e.g. original+expand1 (python -m bench list)")
     p.add_argument("--nproc", type=positive_int, help="train with this many data-parallel processes here "
-                                                      "(relaunches under torchrun; a GPU each on CUDA)")
+                                                      "(checked once, then started with torchrun's environment; a GPU "
+                                                      "each on CUDA)")
     add_training_flags(p)
     p = add_command(sub, "ablate", "every single change of a base: trained and evaluated, or only profiled",
                     "  python -m bench ablate --base original --profile-only\n"

@@ -113,6 +113,19 @@ def open_splits(spec: str) -> Dataset:
     return dataset
 
 
+def check_before_launch(request: RunRequest, tracking_uri: str | None, device: str, world: int) -> None:
+    """What each of `world` ranks would check, checked once by their launcher: the request, the store, the
+    devices, the data and batch, each checkpoint to resume."""
+    if device.startswith("cuda") and torch.cuda.device_count() < world:
+        raise MbsbenchError(f"--nproc {world}: a GPU per rank, and this machine has {torch.cuda.device_count()}")
+    for seed in request.seeds:
+        train_settings(request, request.data, seed, world)
+    configs = preflight(request, RunContext(device, tracking_uri), check_spec)
+    dataset = open_splits(request.data)
+    check_batch(train_settings(request, dataset.spec, request.seeds[0], world).batch, dataset)
+    resumable(request, configs, dataset, world)
+
+
 def check_batch(batch: int, dataset: Dataset) -> None:
     """A batch is never silently cut to the training split."""
     if batch > len(dataset.split("train")):
