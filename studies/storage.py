@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from variants.errors import MbsbenchError, error_line
+from variants.errors import MbsbenchError, error_line, first_line
 
 DEFAULT_STORAGE = "studies.log"  # an Optuna journal file in the working directory
 
@@ -166,6 +166,21 @@ def _database_lock(settings: StorageSettings, name: str) -> Iterator[None]:
     engine.dispose()
 
 
+def storage_errors() -> tuple[type[BaseException], ...]:
+    """What an Optuna storage raises when its database is gone (Optuna wraps some in StorageInternalError)."""
+    import optuna
+    import sqlalchemy
+
+    return optuna.exceptions.StorageInternalError, sqlalchemy.exc.SQLAlchemyError
+
+
+def unreachable(settings: StorageSettings, err: BaseException, what: str) -> MbsbenchError:
+    """One line for a storage gone under a worker: its URL, the database's own words, what became of the work."""
+    cause = err.__cause__ or err  # Optuna's 'invalid data in the commit' hides a lost connection
+    return MbsbenchError(f"--storage {settings.url}: unreachable ({first_line(cause, 160)}); this worker stops; "
+                         f"{what}")
+
+
 def beats(storage) -> bool:
     """Whether an Optuna storage keeps heartbeats (an RDB storage made with an interval; never a journal)."""
     return hasattr(storage, "record_heartbeat") and bool(storage.get_heartbeat_interval())
@@ -181,7 +196,10 @@ class Heartbeat:
 
     def _beat(self) -> None:
         while True:
-            self.storage.record_heartbeat(self.trial_id)
+            try:
+                self.storage.record_heartbeat(self.trial_id)
+            except storage_errors():  # an outage: the worker hears of it at its next write; beat on meanwhile
+                pass
             if self.stop.wait(self.interval):
                 return
 

@@ -19,7 +19,16 @@ from bench.invocation import commanded_by
 from studies.objectives import TrialFailedError
 from studies.queue import COMMAND_ATTR, load_study
 from studies.spec import StudySpec
-from studies.storage import Heartbeat, StorageSettings, beats, requeue, stable_enough, study_lock
+from studies.storage import (
+    Heartbeat,
+    StorageSettings,
+    beats,
+    requeue,
+    stable_enough,
+    storage_errors,
+    study_lock,
+    unreachable,
+)
 from studies.trials import trial_function
 from variants.errors import MbsbenchError, error_line, first_line
 
@@ -105,10 +114,10 @@ def work(name: str, storage: StorageSettings, device: str, max_trials: int | Non
     run = trial_function(spec, device, out, metric_workers)
     report = WorkReport()
     while max_trials is None or report.ran < max_trials:
-        with stable_enough():
-            optuna.storages.fail_stale_trials(study)
-        with study_lock(storage, name):
-            trial = next_trial(study, spec)
+        try:
+            trial = _next(study, spec, storage)
+        except storage_errors() as err:
+            raise unreachable(storage, err, "no trial was in its hands") from None
         if trial is None:
             if spec.sampler == "grid" and not storage.is_journal and others_running(study):
                 time.sleep(min(storage.heartbeat_s, POLL_S))  # a running trial may go stale and come back
@@ -121,6 +130,16 @@ def work(name: str, storage: StorageSettings, device: str, max_trials: int | Non
 
             raise Interrupted(f"stopped after trial {trial.number}", stop.signum)
     return report
+
+
+def _next(study, spec: StudySpec, storage: StorageSettings):
+    """The trial to run next, after failing (and queueing again) the trials of dead workers."""
+    import optuna
+
+    with stable_enough():
+        optuna.storages.fail_stale_trials(study)
+    with study_lock(storage, study.study_name):
+        return next_trial(study, spec)
 
 
 def check_worker(spec: StudySpec, out: Path) -> None:
@@ -142,34 +161,60 @@ def check_worker(spec: StudySpec, out: Path) -> None:
 
 def run_trial(study, trial, run, storage: StorageSettings) -> str:
     """Run one trial with its heartbeat and tell how it ended: COMPLETE, PRUNED or FAIL (with the reason)."""
+    try:
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+        # Optuna's own optimize() beats inside; with ask-and-tell the beat is ours (storage.record_heartbeat)
+        with Heartbeat(study._storage, trial._trial_id, storage.heartbeat_s):
+            return _run_and_tell(study, trial, run, storage)
+    except storage_errors() as err:
+        raise _storage_lost(study, trial, storage, err) from None
+
+
+def _storage_lost(study, trial, storage: StorageSettings, err: BaseException) -> MbsbenchError:
+    """The storage went away under a trial: while the storage comes back within the grace, the trial is failed
+    with that reason and queued again; otherwise the next worker fails and queues it (no heartbeat)."""
+    reason = f"{PUT_BACK}: storage unreachable: {first_line(err.__cause__ or err, 300)}"
+    deadline = time.monotonic() + max(storage.grace_s, 10)
+    while time.monotonic() < deadline:
+        try:
+            _fail(study, trial, reason)
+            requeue(study, study._storage.get_trial(trial._trial_id), storage, counted=False)
+            return unreachable(storage, err, f"trial {trial.number} failed with that reason and queued again")
+        except storage_errors():
+            time.sleep(1)
+        except RuntimeError:  # failed meanwhile by another worker (no heartbeat) and queued again by it
+            break
+    return unreachable(storage, err, f"trial {trial.number} is queued again by the next worker once the storage is "
+                                     "back and its heartbeat's grace is over")
+
+
+def _run_and_tell(study, trial, run, storage: StorageSettings) -> str:
+    """The trial's objective, and what it ended as, told to the study."""
     import optuna
     from optuna.trial import TrialState
 
-    trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
-    # Optuna's own optimize() beats inside; with ask-and-tell the beat is ours (storage.record_heartbeat)
-    with Heartbeat(study._storage, trial._trial_id, storage.heartbeat_s):
-        try:
-            values = run(trial)
-        except optuna.TrialPruned as err:
-            trial.set_user_attr("prune_reason", str(err)[:500])
-            study.tell(trial, state=TrialState.PRUNED)
-            return "PRUNED"
-        except TrialFailedError as err:
-            return _fail(study, trial, str(err))
-        except KeyboardInterrupt as err:
-            _fail(study, trial, INTERRUPTED)
-            requeue(study, study._storage.get_trial(trial._trial_id), storage)
-            from bench.interrupts import add_kept
+    try:
+        values = run(trial)
+    except optuna.TrialPruned as err:
+        trial.set_user_attr("prune_reason", str(err)[:500])
+        study.tell(trial, state=TrialState.PRUNED)
+        return "PRUNED"
+    except TrialFailedError as err:
+        return _fail(study, trial, str(err))
+    except KeyboardInterrupt as err:
+        _fail(study, trial, INTERRUPTED)
+        requeue(study, study._storage.get_trial(trial._trial_id), storage)
+        from bench.interrupts import add_kept
 
-            add_kept(err, f"trial {trial.number} of study {study.study_name!r} marked interrupted and queued again")
-            raise
-        except (MbsbenchError, OSError) as err:  # this machine's problem (data, disk, folder), not the trial's
-            _fail(study, trial, f"{PUT_BACK}: {error_line(err, 400)}")
-            requeue(study, study._storage.get_trial(trial._trial_id), storage, counted=False)
-            raise MbsbenchError(f"study {study.study_name!r}: trial {trial.number} put back in the queue, this worker "
-                                f"stops: {first_line(err, 300)}") from None
-        except (RuntimeError, MemoryError, ValueError) as err:  # a failure is a result, recorded; the study goes on
-            return _fail(study, trial, error_line(err, 400))
+        add_kept(err, f"trial {trial.number} of study {study.study_name!r} marked interrupted and queued again")
+        raise
+    except (MbsbenchError, OSError) as err:  # this machine's problem (data, disk, folder), not the trial's
+        _fail(study, trial, f"{PUT_BACK}: {error_line(err, 400)}")
+        requeue(study, study._storage.get_trial(trial._trial_id), storage, counted=False)
+        raise MbsbenchError(f"study {study.study_name!r}: trial {trial.number} put back in the queue, this worker "
+                            f"stops: {first_line(err, 300)}") from None
+    except (RuntimeError, MemoryError, ValueError) as err:  # a failure is a result, recorded; the study goes on
+        return _fail(study, trial, error_line(err, 400))
     study.tell(trial, list(values))
     return "COMPLETE"
 

@@ -190,3 +190,31 @@ def test_tracking_databases_are_checked_for_real(postgres) -> None:
     check_reachable(postgres.database())  # a live database passes
     with pytest.raises(MbsbenchError, match="unreachable"):
         check_reachable(f"postgresql://postgres@127.0.0.1:{postgres.port}/no_such_db")
+
+
+def test_a_storage_outage_is_one_line_and_the_trial_comes_back(tmp_path: Path) -> None:
+    """Issue 24, item 10: every worker died with ~290 lines ending in Optuna's 'invalid data in the commit, e.g.
+    exceeding max length'. One line naming the storage, 'unreachable'; the trial carries the reason."""
+    from servers import PostgresServer
+
+    server = PostgresServer()  # its own: this test takes it down
+    try:
+        url = server.database()
+        finish(create(url, tmp_path, *SLOW))
+        worker = studies("work", "grid", "--storage", url, *FAST, "--device", "cpu", cwd=tmp_path)
+        wait_running(url, "grid")
+        server.halt()
+        time.sleep(3)
+        server.start()  # back within the worker's wait: it writes the trial's reason before it stops
+        _, err = worker.communicate(timeout=120)
+        assert worker.returncode == 2, err
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and f"--storage {url}: unreachable (" in lines[0], err
+        assert "failed with that reason and queued again" in lines[0] and "max length" not in lines[0]
+        finish(studies("work", "grid", "--storage", url, *FAST, "--device", "cpu", cwd=tmp_path))
+        trials = trials_of(url, "grid")
+        assert completed_points(trials) == [4, 8, 12, 16, 24, 32]
+        failed = [t for t in trials if t.state.name == "FAIL"]
+        assert len(failed) == 1 and "storage unreachable" in failed[0].user_attrs["fail_reason"]
+    finally:
+        server.stop()
