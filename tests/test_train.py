@@ -212,3 +212,37 @@ def test_flags_never_silently_do_something_else(extra: list[str], fragment: str,
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and fragment in err[0], err
     assert not list(tmp_path.glob("*-seed0/*.pt"))  # refused before the first step
+
+
+def test_resume_needs_a_training_state_and_metricgan_a_long_enough_crop(tmp_path: Path,
+                                                                        capsys: pytest.CaptureFixture) -> None:
+    """Issue 24, item 11: --resume from a copy of best.pt ended in KeyError 'optimizer'; --metricgan with crops
+    too short for the discriminator crashed at the first step. One line each, before any work."""
+    import shutil
+
+    common = ["run", "--variant", "optimized", *TINY_MODEL, "--data", TINY_DATA, "--batch", "2", "--workers", "1",
+              "--no-track", "--out", str(tmp_path)]
+    assert main([*common, "--steps", "1", "--crop-seconds", "0.5", "-q"]) == 0
+    folder = tmp_path / "optimized-seed0"
+    shutil.copy(folder / "best.pt", folder / "last.pt")
+    capsys.readouterr()
+    assert main([*common, "--steps", "2", "--crop-seconds", "0.5", "--resume"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "holds weights without the training state (optimizer, scheduler" in err[0], err
+    assert main([*common, "--steps", "1", "--crop-seconds", "0.1", "--metricgan", "--overwrite"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--crop-seconds 0.1: 13 STFT frames of optimized; the MetricGAN discriminator " \
+                             "needs 16 (crops of 0.12 s or more)" in err[0], err
+    assert main([*common, "--steps", "1", "--crop-seconds", "0.12", "--metricgan", "--overwrite", "-q"]) == 0
+
+
+def test_a_corrupt_tracking_file_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from reports.__main__ import main as reports
+
+    store = tmp_path / "corrupt.db"
+    store.write_bytes(bytes(range(256)) * 20)
+    for command in (lambda uri: main(["profile", "--variant", "optimized", "--seconds", "0.1", "--tracking-uri", uri]),
+                    lambda uri: reports(["tables", "--tracking-uri", uri])):
+        assert command(f"sqlite:///{store}") == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "not usable" in err[0] and "file is not a database" in err[0], err

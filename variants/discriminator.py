@@ -23,6 +23,11 @@ class LearnableSigmoid(nn.Module):
         return self.beta * torch.sigmoid(self.slope * x)
 
 
+STAGES = 4
+# each 4x4 stride-2 conv (padding 1) halves the frames (floor); the last stage's input needs two of them
+MIN_FRAMES = 2**STAGES
+
+
 def _conv_stage(cin: int, cout: int) -> list[nn.Module]:
     conv = nn.Conv2d(cin, cout, (4, 4), (2, 2), (1, 1), bias=False)
     return [spectral_norm(conv), nn.InstanceNorm2d(cout, affine=True), nn.PReLU(cout)]
@@ -34,7 +39,7 @@ class Discriminator(nn.Module):
     def __init__(self, ndf: int = 16, in_channels: int = 2, beta: float = 1.2):
         super().__init__()
         widths = [in_channels, ndf, 2 * ndf, 4 * ndf, 8 * ndf]
-        stages = [layer for cin, cout in itertools.pairwise(widths) for layer in _conv_stage(cin, cout)]
+        stages = [layer for cin, cout in itertools.pairwise(widths[: STAGES + 1]) for layer in _conv_stage(cin, cout)]
         self.layers = nn.Sequential(
             *stages,
             nn.AdaptiveMaxPool2d(1),

@@ -153,11 +153,13 @@ def client(uri: str, read_only: bool = False):
                             "bench profile / run logged to")
     check_reachable(uri)
     mlflow = mlflow_module()
+    import sqlalchemy  # MLflow's database stores: a corrupt sqlite file is its DatabaseError
+
     try:
         with _creation_lock(uri):
             tracking = mlflow.tracking.MlflowClient(tracking_uri=database_url(uri))
             tracking.search_experiments(max_results=1)  # creates the schema on first use
-    except (mlflow.exceptions.MlflowException, OSError) as err:
+    except (mlflow.exceptions.MlflowException, sqlalchemy.exc.SQLAlchemyError, OSError) as err:
         raise MbsbenchError(f"tracking URI {uri}: not usable ({first_line(err, 160)})") from None
     _CLIENTS[key] = tracking
     from bench.tracking.liveness import mark_orphans

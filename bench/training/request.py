@@ -193,6 +193,20 @@ def check_run_folder(request: RunRequest, variant: str, seed: int) -> None:
                             "--overwrite starts it over, or choose another --out")
 
 
+def check_metricgan_crop(settings: TrainSettings, configs: dict[str, ModelConfig]) -> None:
+    """The MetricGAN discriminator's convs need a crop of MIN_FRAMES STFT frames (it crashed at the first step)."""
+    if not settings.metricgan:
+        return
+    from variants.discriminator import MIN_FRAMES  # torch, with a discriminator to train anyway
+
+    for name, cfg in configs.items():
+        frames = 1 + round(settings.crop_seconds * cfg.sample_rate) // cfg.hop
+        if frames < MIN_FRAMES:
+            shortest = (MIN_FRAMES - 1) * cfg.hop / cfg.sample_rate
+            raise MbsbenchError(f"--crop-seconds {settings.crop_seconds}: {frames} STFT frames of {name}; the "
+                                f"MetricGAN discriminator needs {MIN_FRAMES} (crops of {shortest:g} s or more)")
+
+
 def check_request(request: RunRequest, spec_check) -> dict[str, ModelConfig]:
     """The checks that need neither torch nor the tracking store: names, fields, data, budget, outputs."""
     if request.resume and request.overwrite:
@@ -204,7 +218,7 @@ def check_request(request: RunRequest, spec_check) -> dict[str, ModelConfig]:
                             f"{configs[no_phase[0]].decoder}); the phase term needs decoder=dual_magphase")
     spec_check(request.data)
     for seed in request.seeds:
-        train_settings(request, request.data, seed)
+        check_metricgan_crop(train_settings(request, request.data, seed), configs)
     check_outputs(request)
     return configs
 

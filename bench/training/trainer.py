@@ -227,6 +227,11 @@ def _metricgan(cfg: ModelConfig, settings: TrainSettings, device: str, ranks: Ra
 
 def check_same_math(data: dict, path: Path, settings: TrainSettings, fingerprint: str) -> None:
     """A resumed run trains on the checkpoint's data with its recipe, or the command names what differs."""
+    missing = [key for key in ("optimizer", "scheduler", "settings", "result") if key not in data]
+    if missing:
+        raise MbsbenchError(f"--resume: {path} holds weights without the training state ({', '.join(missing)} "
+                            "missing: a copy of best.pt?); resume from the run's own last.pt, or start over with "
+                            "--overwrite")
     defaults = asdict(TrainSettings(steps=1))  # a checkpoint older than a setting trained with its default
     saved = defaults | data.get("settings", {})
     ours = asdict(settings)
