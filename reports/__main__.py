@@ -6,6 +6,7 @@ from pathlib import Path
 
 from bench.cli.common import add_command, add_tracking
 from bench.cli.shell import make_root, run_main
+from bench.training.request import check_writable
 
 FORMATS = ("md", "latex")
 
@@ -29,7 +30,7 @@ def cmd_tables(args: argparse.Namespace) -> str:
         from bench.console import status
 
         folder = Path(args.out)
-        folder.mkdir(parents=True, exist_ok=True)
+        check_writable(folder)
         for name, text in texts:
             (folder / f"{name}{suffix}").write_text(text)
         status(f"wrote {len(texts)} tables to {folder}: {', '.join(f'{name}{suffix}' for name, _ in texts)}")
@@ -39,6 +40,7 @@ def cmd_tables(args: argparse.Namespace) -> str:
 def cmd_plots(args: argparse.Namespace) -> str:
     from reports.plots import make_plots
 
+    check_writable(Path(args.out))  # before the store is read
     written, left_out = make_plots(_store(args), Path(args.out))
     return "\n".join([*(str(p) for p in written), *left_out] if written else ["nothing to plot yet", *left_out])
 

@@ -25,10 +25,12 @@ class Store:
     device: str = ""  # the device the profiles and runs were kept for ('' : all)
 
     def devices(self) -> list[str]:
-        """The devices the profiles were measured on, oldest profile first."""
-        if self.profiles.empty or "tags.device" not in self.profiles:
+        """The devices the profiles and trained runs were measured on, oldest first."""
+        frames = [f[["start_time", "tags.device"]] for f in (self.profiles, self.runs)
+                  if not f.empty and "tags.device" in f]
+        if not frames:
             return []
-        return list(dict.fromkeys(self.profiles.sort_values("start_time")["tags.device"]))
+        return list(dict.fromkeys(pd.concat(frames).sort_values("start_time")["tags.device"].dropna()))
 
     def on(self, device: str) -> "Store":
         """Only the profiles and runs of devices whose name contains `device` (the studies stay)."""

@@ -12,6 +12,8 @@ from bench.cli.common import (
     at_least,
     non_negative_int,
     positive_int,
+    seconds_int,
+    seed_int,
     tracking_uri,
 )
 from bench.cli.shell import make_root, run_main
@@ -148,9 +150,9 @@ def add_storage(p: argparse.ArgumentParser) -> None:
     p.add_argument("--storage", default=DEFAULT_STORAGE,
                    help=f"Optuna storage: a journal file (default {DEFAULT_STORAGE}), sqlite:///FILE or "
                         "postgresql://USER@HOST/DB (several machines)")
-    p.add_argument("--heartbeat", type=positive_int, default=defaults.heartbeat_s,
+    p.add_argument("--heartbeat", type=seconds_int, default=defaults.heartbeat_s,
                    help=f"RDB storages: seconds between a running trial's heartbeats (default {defaults.heartbeat_s})")
-    p.add_argument("--grace", type=positive_int, default=defaults.grace_s,
+    p.add_argument("--grace", type=seconds_int, default=defaults.grace_s,
                    help=f"RDB storages: seconds without a heartbeat before a trial is failed and retried "
                         f"(default {defaults.grace_s})")
     p.add_argument("--retries", type=non_negative_int, default=defaults.retries,
@@ -179,7 +181,7 @@ def add_space(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=positive_int, default=200, help="pesq/multi objectives: budget in steps "
                                                                    "(default 200)")
     p.add_argument("--minutes", type=above(0), help="pesq/multi objectives: budget in minutes")
-    p.add_argument("--seed", type=non_negative_int, default=0, help="sampler and training seed (default 0)")
+    p.add_argument("--seed", type=seed_int, default=0, help="sampler and training seed (default 0)")
     add_storage(p)
     add_tracking(p)
     p.add_argument("--retry-failed", action="store_true", help="queue again each point whose every trial failed "

@@ -50,10 +50,10 @@ def create_study(spec: StudySpec, storage: StorageSettings, retry_failed: bool =
         study = optuna.create_study(study_name=spec.name, storage=backend, directions=list(spec.directions),
                                     load_if_exists=True)
         known = study.user_attrs.get(SPEC_ATTR)
-        if known is not None and not StudySpec.from_json(known).same_study(spec):
-            raise MbsbenchError(f"study {spec.name!r} in {storage.url} was created with another spec "
-                                f"({StudySpec.from_json(known).objective}, {StudySpec.from_json(known).kind}); "
-                                "pick another --study-name")
+        differ = StudySpec.from_json(known).differences(spec) if known is not None else []
+        if differ:
+            raise MbsbenchError(f"study {spec.name!r} in {storage.url} was created with other settings (in the study"
+                                f" vs here: {'; '.join(differ)[:300]}); pick another --study-name")
         if known is None:
             study.set_user_attr(SPEC_ATTR, spec.to_json())
             study.set_user_attr("objective", spec.objective)

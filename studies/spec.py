@@ -62,10 +62,22 @@ class StudySpec:
 
     def same_study(self, other: "StudySpec") -> bool:
         """Whether `other` describes this study (the trial budget and tracking store may differ)."""
-        def core(spec: "StudySpec") -> dict:
-            return {k: v for k, v in json.loads(spec.to_json()).items() if k not in ("trials", "tracking_uri")}
+        return not self.differences(other)
 
-        return core(self) == core(other)
+    def differences(self, other: "StudySpec") -> list[str]:
+        """'KEY: THIS vs OTHER' for each setting that differs (the trial budget and tracking store may)."""
+        def flat(value, prefix: str = "") -> dict:
+            if not isinstance(value, dict):
+                return {prefix: value}
+            return {k: v for key, item in value.items() for k, v in flat(item, f"{prefix}.{key}" if prefix else key)
+                    .items()}
+
+        def core(spec: "StudySpec") -> dict:
+            return flat({k: v for k, v in json.loads(spec.to_json()).items() if k not in ("trials", "tracking_uri")})
+
+        mine, theirs = core(self), core(other)
+        return [f"{key}: {mine.get(key)!r} vs {theirs.get(key)!r}" for key in sorted(set(mine) | set(theirs))
+                if mine.get(key) != theirs.get(key)]
 
 
 def default_sampler(knobs: tuple[Knob, ...]) -> str:

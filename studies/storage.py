@@ -13,12 +13,15 @@ import threading
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from variants.errors import MbsbenchError, error_line, first_line
 
 DEFAULT_STORAGE = "studies.log"  # an Optuna journal file in the working directory
+
+
+STORAGE_SCHEMES = ("sqlite", "postgresql", "mysql")
 
 
 @dataclass(frozen=True)
@@ -29,11 +32,19 @@ class StorageSettings:
     heartbeat_s: int = 30  # RDB only: seconds between a running trial's heartbeats
     grace_s: int = 120  # RDB only: a trial silent this long is stale: failed and retried
     retries: int = 1  # how often a stale or interrupted trial is queued again
+    flag: str = field(default="--storage", compare=False)  # what the user typed it as (bench ablate: --queue)
 
     def __post_init__(self) -> None:
         if self.heartbeat_s < 1 or self.grace_s <= self.heartbeat_s or self.retries < 0:
             raise MbsbenchError(f"--heartbeat {self.heartbeat_s} / --grace {self.grace_s} / --retries {self.retries}:"
                                 " expected heartbeat >= 1 s, grace longer than the heartbeat, retries >= 0")
+        scheme = self.url.split("://", 1)[0].split("+", 1)[0]
+        if not self.is_journal and scheme not in STORAGE_SCHEMES:
+            raise MbsbenchError(f"{self.flag} {self.url}: unknown scheme {scheme!r}; expected a journal file, "
+                                "sqlite:///FILE, postgresql://... or mysql://...")
+        if self.is_journal and Path(self.url).expanduser().is_dir():
+            raise MbsbenchError(f"{self.flag} {self.url}: a folder; expected a journal file, e.g. "
+                                f"{self.url.rstrip('/')}/studies.log")
 
     @property
     def is_journal(self) -> bool:
@@ -44,7 +55,7 @@ class StorageSettings:
         path = Path(self.url).expanduser() if self.is_journal else \
             Path(self.url[len("sqlite:///"):]) if self.url.startswith("sqlite:///") else None
         if path is not None and not path.is_file():
-            raise MbsbenchError(f"--storage {self.url}: no such storage ({path} does not exist); give the one "
+            raise MbsbenchError(f"{self.flag} {self.url}: no such storage ({path} does not exist); give the one "
                                 "studies create / search wrote to")
 
 
@@ -94,7 +105,7 @@ def make_storage(settings: StorageSettings | str):
     if settings.is_journal:
         folder = Path(settings.url).expanduser().resolve().parent
         if not folder.is_dir():
-            raise MbsbenchError(f"--storage {settings.url}: folder {folder} does not exist")
+            raise MbsbenchError(f"{settings.flag} {settings.url}: folder {folder} does not exist")
         return open_journal(Path(settings.url).expanduser())
     try:  # under the lock: two machines opening a new database at once would both create its tables
         with stable_enough(), study_lock(settings, "(schema)"):
@@ -103,10 +114,10 @@ def make_storage(settings: StorageSettings | str):
                 heartbeat_interval=settings.heartbeat_s, grace_period=settings.grace_s,
                 heartbeat_stale_trial_callback=retry_callback(settings))
     except ImportError as err:
-        raise MbsbenchError(f"--storage {settings.url}: no database driver ({err}); pip install -e '.[postgres]'"
+        raise MbsbenchError(f"{settings.flag} {settings.url}: no database driver ({err}); pip install -e '.[postgres]'"
                             " installs psycopg 3") from None
     except Exception as err:  # sqlalchemy raises many kinds for a bad or unreachable URL
-        message = f"--storage {settings.url}: unreachable ({error_line(err, 120)})"
+        message = f"{settings.flag} {settings.url}: unreachable ({error_line(err, 120)})"
         raise MbsbenchError(message) from None
 
 
@@ -177,7 +188,7 @@ def storage_errors() -> tuple[type[BaseException], ...]:
 def unreachable(settings: StorageSettings, err: BaseException, what: str) -> MbsbenchError:
     """One line for a storage gone under a worker: its URL, the database's own words, what became of the work."""
     cause = err.__cause__ or err  # Optuna's 'invalid data in the commit' hides a lost connection
-    return MbsbenchError(f"--storage {settings.url}: unreachable ({first_line(cause, 160)}); this worker stops; "
+    return MbsbenchError(f"{settings.flag} {settings.url}: unreachable ({first_line(cause, 160)}); this worker stops; "
                          f"{what}")
 
 

@@ -24,6 +24,12 @@ POSITIVE: tuple[str, ...] = (
     "n_fft", "hop", "feature_dim", "temporal_layers", "d_state", "d_conv", "expand",
     "decoder_hidden", "chunk_size", "band_layers",
 )
+# far above any model of the study (the original: feature_dim 128, d_state 16): a value past one is a typo, and
+# it would otherwise end in an allocator's traceback or a machine out of memory
+MAXIMUM: dict[str, int] = {
+    "n_fft": 16384, "hop": 16384, "feature_dim": 4096, "temporal_layers": 128, "d_state": 1024, "d_conv": 64,
+    "expand": 32, "decoder_hidden": 64, "chunk_size": 1 << 20, "band_layers": 128, "dt_rank": 4096,
+}
 
 
 @dataclass(frozen=True)
@@ -66,6 +72,9 @@ class ModelConfig:
         for name in POSITIVE:
             if getattr(self, name) < 1:
                 raise MbsbenchError(f"{name}={getattr(self, name)} must be a positive integer")
+        for name, most in MAXIMUM.items():
+            if getattr(self, name) > most:
+                raise MbsbenchError(f"{name}={getattr(self, name)}: expected at most {most}")
         if self.sample_rate != 16000:  # the data, the STFT sizes and wide-band PESQ are all 16 kHz
             raise MbsbenchError(f"sample_rate={self.sample_rate}: expected 16000 (the models, data and metrics are "
                                 "16 kHz)")

@@ -26,13 +26,13 @@ def _number(kind: type, text: str, expected: str) -> float:
     return value
 
 
-def at_least(low: float, kind: type = int) -> Callable[[str], float]:
-    """A checker for numbers >= low."""
-    expected = f"{'an integer' if kind is int else 'a number'} >= {low}"
+def at_least(low: float, kind: type = int, high: float | None = None) -> Callable[[str], float]:
+    """A checker for numbers >= low (and <= high when given)."""
+    expected = f"{'an integer' if kind is int else 'a number'} >= {low}" + (f" and <= {high}" if high else "")
 
     def check(text: str) -> float:
         value = _number(kind, text, expected)
-        if value < low:
+        if value < low or (high is not None and value > high):
             raise _bad(text, expected)
         return value
 
@@ -52,15 +52,16 @@ def above(low: float, unit: str = "") -> Callable[[str], float]:
     return check
 
 
-def comma_list(kind: type, low: float | None = None) -> Callable[[str], tuple]:
-    """A checker for comma-separated numbers (each >= low when given)."""
+def comma_list(kind: type, low: float | None = None, high: float | None = None) -> Callable[[str], tuple]:
+    """A checker for comma-separated numbers (each >= low and <= high when given)."""
     expected = f"comma-separated {'integers' if kind is int else 'numbers'}"
     expected += f" >= {low}" if low is not None else ""
+    expected += f" and <= {high}" if high is not None else ""
 
     def check(text: str) -> tuple:
         items = [item.strip() for item in text.split(",") if item.strip()]
         values = tuple(_number(kind, item, expected) for item in items)
-        if not values or (low is not None and min(values) < low):
+        if not values or (low is not None and min(values) < low) or (high is not None and max(values) > high):
             raise _bad(text, expected)
         return values
 
@@ -77,6 +78,10 @@ def names(text: str) -> tuple[str, ...]:
 
 positive_int = at_least(1)
 non_negative_int = at_least(0)
+MAX_SEED = 2**31 - 1  # every RNG here takes it, and seed arithmetic (seed * 1_000_003 + step) stays in 64 bits
+seed_int = at_least(0, high=MAX_SEED)
+DAY_S = 86_400
+seconds_int = at_least(1, high=DAY_S)  # a heartbeat or grace past a day is a typo (and past the clock, a crash)
 
 
 def add_variant(parser: argparse.ArgumentParser, required: bool = True) -> None:

@@ -5,6 +5,7 @@ import json
 
 from bench.cli.common import (
     DATA_HELP,
+    MAX_SEED,
     above,
     add_command,
     add_device,
@@ -162,7 +163,7 @@ def _queue(variants: list[str], args: argparse.Namespace) -> str:
         train_settings(request, request.data, seed)
     profile = asdict(_profile_settings(args, "cpu")) if args.profile_only else None
     name = args.study_name or f"ablate-{args.base}{'-profile' if args.profile_only else ''}"
-    created = queue_ablation(name, StorageSettings(args.queue), request, profile, tracking_uri(args),
+    created = queue_ablation(name, StorageSettings(args.queue, flag="--queue"), request, profile, tracking_uri(args),
                              args.retry_failed)
     return (f"study {name!r} in {args.queue}: {created.queued} (variant, seed) pairs queued ({created.before} "
             f"before){created.retried_text}\nstart workers: python -m studies work {name} --storage {args.queue}")
@@ -192,7 +193,7 @@ def add_training_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=positive_int, help="training budget in epochs")
     p.add_argument("--steps", type=positive_int, help="training budget in optimizer steps (wins over --epochs)")
     p.add_argument("--minutes", type=above(0), help="training budget in minutes of training")
-    p.add_argument("--seeds", type=comma_list(int, 0), default=(0,), help="comma-separated seeds (default 0)")
+    p.add_argument("--seeds", type=comma_list(int, 0, MAX_SEED), default=(0,), help="comma-separated seeds (default 0)")
     p.add_argument("--batch", type=positive_int, help="utterances per step (default 6; synth default budget: 4)")
     p.add_argument("--crop-seconds", type=above(0.032, " s (one STFT frame)"),
                    help="training crop in seconds (default 2; synth default budget: 1)")

@@ -4,6 +4,7 @@ Importing this module does not import torch: `bench list` answers from a cache o
 """
 
 import json
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -12,6 +13,7 @@ import variants
 from bench.cache import read_memo, source_digest, write_memo
 from bench.text import format_table
 from variants.config import ModelConfig
+from variants.errors import MbsbenchError
 from variants.registry import build_model, count_params, describe, list_variants, resolve
 
 if TYPE_CHECKING:
@@ -101,3 +103,25 @@ def param_table_text(name: str, cfg: ModelConfig) -> str:
     """The per-module table of a variant under a one-line title."""
     rows = model_param_rows(cfg)
     return format_param_rows(f"{name}: {rows[0].params:,} parameters", rows)
+
+
+def device_memory_bytes(device: str) -> int:
+    """Memory a model's weights could take: the GPU's total, or the memory this machine has available now."""
+    import torch
+
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_properties(torch.device(device)).total_memory
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+
+
+def check_weights_fit(name: str, cfg: ModelConfig, device: str) -> None:
+    """A model whose float32 weights alone exceed the device's memory is refused before it is built (counted on
+    the meta device: nothing allocated)."""
+    import torch
+
+    with torch.device("meta"):
+        params = sum(p.numel() for p in build_model(cfg).parameters())
+    have = device_memory_bytes(device)
+    if 4 * params > have:
+        raise MbsbenchError(f"{name}: {params:,} parameters, {4 * params / 2**30:.1f} GiB of weights alone; "
+                            f"{device} has {have / 2**30:.1f} GiB (a field far too large? python -m bench list)")

@@ -15,6 +15,7 @@ from bench.profiling.instruments import MIB
 from bench.profiling.macs import count_macs
 from bench.profiling.memory import MemoryCurve, max_batch_cuda, max_batch_predicted
 from bench.profiling.ops import count_ops
+from bench.profiling.params import check_weights_fit
 from bench.profiling.rss import try_peak_rss
 from bench.profiling.timing import throughput
 from bench.profiling.workload import ProfileSettings, measured_model
@@ -93,6 +94,8 @@ def profile_variants(configs: dict[str, ModelConfig], settings: ProfileSettings,
     """profile_variant of each (name, config) in turn, each recorded as it finishes and appended to `rows` (a caller
     that passes its list keeps the rows done when interrupted); a failure is a row."""
     rows = [] if rows is None else rows
+    for name, cfg in configs.items():  # every one before the first is profiled
+        check_weights_fit(name, cfg, settings.device)
     for index, (name, cfg) in enumerate(configs.items(), 1):
         status(f"[{index}/{len(configs)}] profiling {name} ...")
         try:

@@ -22,6 +22,7 @@ from bench.data.datasets import Dataset, check_spec, open_dataset
 from bench.devices import device_name, parameter_dtype
 from bench.interrupts import add_kept
 from bench.invocation import command_tags
+from bench.profiling.params import check_weights_fit
 from bench.quality.evaluate import Evaluation, evaluate, write_evaluation
 from bench.tracking.records import RunRecord, mlflow_errors
 from bench.tracking.schema import METRIC_LABELS
@@ -136,6 +137,8 @@ def check_batch(batch: int, dataset: Dataset) -> None:
 def run_experiment(request: RunRequest, context: RunContext) -> ExperimentOutcome:
     """Train and evaluate each (variant, seed), log each run, and return the outcomes."""
     configs = preflight(request, context, check_spec)
+    for name, cfg in configs.items():
+        check_weights_fit(name, cfg, context.device)
     dataset = open_splits(request.data)
     check_batch(train_settings(request, dataset.spec, request.seeds[0], context.ranks.world).batch, dataset)
     earlier = finished_before(request, context, configs, dataset) if request.skip_finished else {}
