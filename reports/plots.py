@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from bench.tracking.store import metric_history
 from reports.collect import Store, latest_profiles, pareto_mask, quality_by_variant, study_objective
 
 PARETO_AXES = {"params_m": "parameters (M)", "macs_g_per_s": "GMAC per second of audio",
@@ -58,8 +59,6 @@ def pareto_plots(store: Store, folder: Path) -> list[Path]:
 
 
 def memory_vs_length(store: Store, folder: Path) -> list[Path]:
-    from bench.tracking.store import metric_history
-
     frame = store.profiles.sort_values("start_time").groupby("tags.variant").tail(1) if len(store.profiles) else []
     curves = {}
     for _, run in (frame.iterrows() if len(frame) else []):
@@ -80,8 +79,6 @@ def memory_vs_length(store: Store, folder: Path) -> list[Path]:
 
 
 def training_curves(store: Store, folder: Path) -> list[Path]:
-    from bench.tracking.store import metric_history
-
     if store.runs.empty:
         return []
     plt = _pyplot()

@@ -9,6 +9,7 @@ import pandas as pd
 
 from bench.tracking.schema import METRIC_LABELS as LABELS
 from bench.tracking.schema import PAPER_METRICS as QUALITY
+from bench.tracking.store import download_artifact
 from reports.collect import (
     CONFIG_FIGURES,
     Store,
@@ -113,8 +114,6 @@ def _main_caption(profiles: pd.DataFrame, quality: pd.DataFrame) -> str:
 
 def _per_utterance(store: Store, variant: str) -> pd.DataFrame | None:
     """The per-utterance scores of a variant's first seed (downloaded from its run)."""
-    from bench.tracking.store import download_artifact
-
     runs = store.runs[store.runs["tags.variant"] == variant].sort_values("tags.seed")
     if runs.empty:
         return None
@@ -336,8 +335,6 @@ def all_tables(store: Store, device: str = "") -> list[Table]:
     if device:
         everything, store = store, store.on(device)
         if store.profiles.empty and store.runs.empty:
-            from variants.errors import MbsbenchError
-
             raise MbsbenchError(f"--device {device!r}: no profile or run in {store.uri} was measured on such a "
                                 f"device; devices there: {', '.join(everything.devices()) or 'none'}")
     devices = store.devices()

@@ -17,8 +17,7 @@ from bench.cli.common import (
     tracking_uri,
 )
 from bench.cli.shell import make_root, run_main
-from studies.objectives import SEARCH_OBJECTIVES
-from studies.spec import SAMPLERS
+from studies.spec import SAMPLERS, SEARCH_OBJECTIVES
 from studies.storage import DEFAULT_STORAGE, StorageSettings
 
 
@@ -50,9 +49,8 @@ def study_spec(args: argparse.Namespace):
     from dataclasses import replace
 
     from bench.data.datasets import spec_form
-    from studies.objectives import ObjectiveSettings
     from studies.space import check_space, parse_space
-    from studies.spec import StudySpec, default_sampler
+    from studies.spec import ObjectiveSettings, StudySpec, default_sampler
     from variants.registry import build_config
 
     spec_form(args.data)  # its folders are checked where the work runs (studies work)

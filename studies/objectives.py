@@ -5,52 +5,23 @@ the runner records it as a failed trial and the study goes on. No objective read
 """
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
+from bench.data.datasets import open_dataset
+from bench.profiling.macs import count_macs
+from bench.profiling.memory import MemoryCurve
+from bench.profiling.timing import throughput
+from bench.profiling.workload import ProfileSettings, measured_model
+from bench.quality.evaluate import evaluate
+from bench.training.trainer import Trainer, TrainObserver, TrainSettings
+from studies.spec import OBJECTIVES, ObjectiveSettings, TrialFailedError
 from variants.config import ModelConfig
 from variants.registry import build_model, count_params
-
-# objective -> (metric names, directions)
-OBJECTIVES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "memory": (("peak_mem_train_mib",), ("minimize",)),
-    "time": (("train_step_s",), ("minimize",)),
-    "macs": (("macs_g_per_s",), ("minimize",)),
-    "params": (("params",), ("minimize",)),
-    "pesq": (("val_pesq_wb",), ("maximize",)),
-    "multi": (("val_pesq_wb", "peak_mem_train_mib"), ("maximize", "minimize")),
-    # ablation studies: each trial one (variant, seed) through bench's run or profile path
-    "ablation": (("pesq_wb",), ("maximize",)),
-    "ablation_profile": (("peak_mem_train_mib",), ("minimize",)),
-}
-SEARCH_OBJECTIVES = tuple(name for name in OBJECTIVES if not name.startswith("ablation"))
-
-
-class TrialFailedError(Exception):
-    """A trial that produced no figure: out of memory, NaN loss, unscorable validation."""
-
-
-@dataclass(frozen=True)
-class ObjectiveSettings:
-    """Conditions of the figures: device, batch and seconds for profiling, data and budget for training."""
-
-    device: str = "cpu"
-    batch: int = 1
-    seconds: float = 1.0
-    data: str = "synth"
-    steps: int | None = 200
-    minutes: float | None = None
-    train_batch: int = 4
-    crop_seconds: float = 1.0
-    seed: int = 0
-    workdir: str = "studies-runs"
 
 
 def peak_memory(cfg: ModelConfig, s: ObjectiveSettings) -> float:
     """Peak live bytes (MiB) of one training step at (batch, seconds)."""
-    from bench.profiling.memory import MemoryCurve
-    from bench.profiling.workload import ProfileSettings, measured_model
-
     settings = ProfileSettings(batch=s.batch, seconds=s.seconds, device=s.device, rss=False)
     point = MemoryCurve(measured_model(cfg, s.device), cfg, settings).measure(s.batch, s.seconds, "train")
     if point["status"] != "ok":
@@ -60,27 +31,18 @@ def peak_memory(cfg: ModelConfig, s: ObjectiveSettings) -> float:
 
 def step_time(cfg: ModelConfig, s: ObjectiveSettings) -> float:
     """Median training-step seconds at (batch, seconds)."""
-    from bench.profiling.timing import throughput
-    from bench.profiling.workload import ProfileSettings, measured_model
-
     settings = ProfileSettings(batch=s.batch, seconds=s.seconds, device=s.device, repeats=3, rss=False)
     return throughput(measured_model(cfg, s.device), cfg, settings, "train")["train_step_s"]
 
 
 def macs(cfg: ModelConfig, s: ObjectiveSettings) -> float:
     """MACs per second of audio (device-independent: counted on the CPU)."""
-    from bench.profiling.macs import count_macs
-
     return count_macs(build_model(cfg).eval(), cfg, s.seconds, "cpu")["macs_g_per_s"]
 
 
 def validation_pesq(cfg: ModelConfig, s: ObjectiveSettings, trial=None) -> float:
     """Mean wideband PESQ on the validation split after the training budget (pruned on validation loss)."""
     import torch
-
-    from bench.data.datasets import open_dataset
-    from bench.quality.evaluate import evaluate
-    from bench.training.trainer import Trainer, TrainSettings
 
     dataset = open_dataset(s.data)
     settings = TrainSettings(batch=s.train_batch, crop_seconds=s.crop_seconds, steps=s.steps, minutes=s.minutes,
@@ -104,8 +66,6 @@ def validation_pesq(cfg: ModelConfig, s: ObjectiveSettings, trial=None) -> float
 def _pruner(trial):
     """A Trainer observer that reports each validation loss to the trial and prunes it when Optuna says so."""
     import optuna
-
-    from bench.training.trainer import TrainObserver
 
     class Pruner(TrainObserver):
         def validated(self, step: int, loss: float, _lr: float) -> None:

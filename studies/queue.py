@@ -8,7 +8,10 @@ adds only points never queued before.
 import random
 from dataclasses import asdict, dataclass
 
+from bench.devices import device_name
 from bench.invocation import current_command
+from bench.tracking.records import record_study
+from bench.tracking.store import provenance_tags
 from studies.space import grid
 from studies.spec import SPEC_ATTR, StudySpec
 from studies.storage import StorageSettings, make_storage, study_lock
@@ -107,9 +110,6 @@ def _study_run(spec: StudySpec, study) -> str | None:
     known = study.user_attrs.get("mlflow_run_id")
     if known:
         return known
-    from bench.devices import device_name
-    from bench.tracking.records import record_study
-    from bench.tracking.store import provenance_tags
 
     tags = provenance_tags(device_name("cpu")) | {
         "objective": spec.objective, "objective_metrics": ",".join(spec.metrics),

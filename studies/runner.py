@@ -13,11 +13,13 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.console import status, verbosity
+from bench.console import set_verbosity, status, verbosity
+from bench.interrupts import add_kept, interrupt_once
+from bench.tracking.records import record_study_importances
 from studies.queue import Created, create_study, load_study
 from studies.spec import StudySpec
 from studies.storage import StorageSettings, requeue
-from studies.worker import INTERRUPTED, check_worker, work
+from studies.worker import INTERRUPTED, check_worker, die_with_parent, work
 from variants.errors import MbsbenchError
 
 
@@ -34,13 +36,8 @@ def _worker_main(name: str, storage: StorageSettings, device: str, out: str, ind
                  problems) -> None:
     """A spawned worker: dies with its parent, stops on the first signal, reports nothing on stdout; a problem of
     this machine (it stops the worker, its trial queued again) goes to `problems` for the parent to say once."""
-    from bench.interrupts import interrupt_once
-
     stop = interrupt_once()
     try:
-        from bench.console import set_verbosity
-        from studies.worker import die_with_parent
-
         set_verbosity(level)  # before work() opens the storage, which sets Optuna's log level from it
         die_with_parent()
         work(name, storage, device, out=Path(out), index=index, stop=stop)
@@ -84,7 +81,6 @@ def _run_processes(name: str, storage: StorageSettings, device: str, out: Path, 
                 os.kill(process.pid, signal.SIGTERM)
         for process in processes:
             process.join(60)
-        from bench.interrupts import add_kept
 
         add_kept(err, f"the workers' trials in flight were marked {INTERRUPTED} and queued again")
         raise
@@ -139,6 +135,4 @@ def record_importances(spec: StudySpec, study) -> None:
     run_id = study.user_attrs.get("mlflow_run_id")
     importances = study_importances(study) if spec.kind == "search" else {}
     if spec.tracking_uri and run_id and importances:
-        from bench.tracking.records import record_study_importances
-
         record_study_importances(spec.tracking_uri, run_id, importances)

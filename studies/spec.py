@@ -8,9 +8,43 @@ attribute 'mbsbench_spec' when the study is created.
 import json
 from dataclasses import asdict, dataclass, field
 
-from studies.objectives import OBJECTIVES, ObjectiveSettings
 from studies.space import Knob
 from variants.errors import MbsbenchError
+
+# objective -> (metric names, directions)
+OBJECTIVES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "memory": (("peak_mem_train_mib",), ("minimize",)),
+    "time": (("train_step_s",), ("minimize",)),
+    "macs": (("macs_g_per_s",), ("minimize",)),
+    "params": (("params",), ("minimize",)),
+    "pesq": (("val_pesq_wb",), ("maximize",)),
+    "multi": (("val_pesq_wb", "peak_mem_train_mib"), ("maximize", "minimize")),
+    # ablation studies: each trial one (variant, seed) through bench's run or profile path
+    "ablation": (("pesq_wb",), ("maximize",)),
+    "ablation_profile": (("peak_mem_train_mib",), ("minimize",)),
+}
+SEARCH_OBJECTIVES = tuple(name for name in OBJECTIVES if not name.startswith("ablation"))
+
+
+class TrialFailedError(Exception):
+    """A trial that produced no figure: out of memory, NaN loss, unscorable validation."""
+
+
+@dataclass(frozen=True)
+class ObjectiveSettings:
+    """Conditions of the figures: device, batch and seconds for profiling, data and budget for training."""
+
+    device: str = "cpu"
+    batch: int = 1
+    seconds: float = 1.0
+    data: str = "synth"
+    steps: int | None = 200
+    minutes: float | None = None
+    train_batch: int = 4
+    crop_seconds: float = 1.0
+    seed: int = 0
+    workdir: str = "studies-runs"
+
 
 SAMPLERS = ("grid", "tpe")
 SPEC_ATTR = "mbsbench_spec"

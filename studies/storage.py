@@ -16,6 +16,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bench.console import library_log_level
+from bench.tracking.store import database_url
 from variants.errors import MbsbenchError, error_line, first_line
 
 DEFAULT_STORAGE = "studies.log"  # an Optuna journal file in the working directory
@@ -97,9 +99,6 @@ def make_storage(settings: StorageSettings | str):
     """The Optuna storage; a one-line error for a missing folder or an unreachable database."""
     import optuna
 
-    from bench.console import library_log_level
-    from bench.tracking.store import database_url
-
     optuna.logging.set_verbosity(library_log_level())  # Optuna's INFO lines only with -v
     settings = StorageSettings(settings) if isinstance(settings, str) else settings
     if settings.is_journal:
@@ -160,8 +159,6 @@ def study_lock(settings: StorageSettings, name: str) -> Iterator[None]:
 @contextmanager
 def _database_lock(settings: StorageSettings, name: str) -> Iterator[None]:
     import sqlalchemy
-
-    from bench.tracking.store import database_url
 
     engine = sqlalchemy.create_engine(database_url(settings.url), poolclass=sqlalchemy.pool.NullPool)
     is_pg = settings.url.startswith("postgresql")

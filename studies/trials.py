@@ -8,10 +8,16 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
-from bench.tracking.records import mlflow_errors
-from studies.objectives import TrialFailedError, evaluate_config
+from bench.console import warn
+from bench.devices import device_name
+from bench.profiling.profile import profile_variants
+from bench.profiling.workload import ProfileSettings
+from bench.tracking.records import mlflow_errors, profile_recorder, record_trial
+from bench.tracking.store import provenance_tags
+from bench.training.experiment import RunContext, RunRequest, run_experiment
+from studies.objectives import evaluate_config
 from studies.space import check_values
-from studies.spec import StudySpec
+from studies.spec import StudySpec, TrialFailedError
 from variants.errors import MbsbenchError, error_line
 from variants.registry import build_config
 
@@ -49,9 +55,6 @@ def _log_trial(spec: StudySpec, trial, cfg, params: dict, values, reason: str) -
     parent = trial.study.user_attrs.get("mlflow_run_id")
     if not (spec.tracking_uri and parent):
         return
-    from bench.devices import device_name
-    from bench.tracking.records import record_trial
-    from bench.tracking.store import provenance_tags
 
     metrics = dict(zip(spec.metrics, values)) if values else None
     try:
@@ -64,8 +67,6 @@ def _log_trial(spec: StudySpec, trial, cfg, params: dict, values, reason: str) -
 
 def warn_unlogged(trial, reason: str) -> None:
     """A trial whose figures reached the study but not the tracking store: a warning, and the reason kept."""
-    from bench.console import warn
-
     trial.set_user_attr("log_error", reason)
     warn(f"trial {trial.number}: MLflow logging failed ({reason[:160]}); its figures are in the study")
 
@@ -84,8 +85,6 @@ def ablation_trial(spec: StudySpec, device: str, out: Path, workers: int) -> Cal
 
 
 def _run_pair(spec: StudySpec, trial, variant: str, seed: int, device: str, out: Path, workers: int):
-    from bench.training.experiment import RunContext, RunRequest, run_experiment
-
     request = replace(RunRequest.from_dict(spec.ablation["request"]), variants=(variant,), seeds=(seed,), out=out,
                       resume_if_present=True, skip_finished=True, parent_name=None,
                       parent_run_id=trial.study.user_attrs.get("mlflow_run_id"))
@@ -98,15 +97,10 @@ def _run_pair(spec: StudySpec, trial, variant: str, seed: int, device: str, out:
 
 
 def _profile_pair(spec: StudySpec, trial, variant: str, seed: int, device: str):
-    from bench.profiling.profile import profile_variants
-    from bench.profiling.workload import ProfileSettings
-
     settings = ProfileSettings(**(spec.ablation["profile"] | {"device": device, "lengths": ()}))
     cfg = build_config(variant, **spec.ablation["request"]["overrides"])
     record = None
     if spec.tracking_uri:
-        from bench.tracking.records import profile_recorder
-
         record = profile_recorder(spec.tracking_uri, {"seed": str(seed), "study": spec.name})
     (row,) = profile_variants({variant: cfg}, settings, record)
     trial.set_user_attr("mlflow_run_id", row.get("run_id", ""))

@@ -6,6 +6,7 @@ Trials are taken under the study's lock (ask), run outside it, and told. A runni
 flight as FAIL 'interrupted', queues it again, and stops the worker with one line.
 """
 
+import ctypes
 import os
 import signal
 import socket
@@ -15,10 +16,13 @@ import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from bench.data.datasets import check_spec
+from bench.interrupts import Interrupted, add_kept
 from bench.invocation import commanded_by
-from studies.objectives import TrialFailedError
+from bench.tracking.store import client
+from bench.training.request import check_writable
 from studies.queue import COMMAND_ATTR, load_study
-from studies.spec import StudySpec
+from studies.spec import StudySpec, TrialFailedError
 from studies.storage import (
     Heartbeat,
     StorageSettings,
@@ -126,8 +130,6 @@ def work(name: str, storage: StorageSettings, device: str, max_trials: int | Non
         with commanded_by(study.user_attrs.get(COMMAND_ATTR, "")):  # the runs made for the study's creator
             report.add(run_trial(study, trial, run, storage), trial.number)
         if stop is not None and stop.requested:
-            from bench.interrupts import Interrupted
-
             raise Interrupted(f"stopped after trial {trial.number}", stop.signum)
     return report
 
@@ -145,10 +147,6 @@ def _next(study, spec: StudySpec, storage: StorageSettings):
 def check_worker(spec: StudySpec, out: Path) -> None:
     """What this machine needs before it takes a trial: the study's data, a writable --out for run folders, the
     study's tracking store. A one-line error otherwise, and the queue stays as it is."""
-    from bench.data.datasets import check_spec
-    from bench.tracking.store import client
-    from bench.training.request import check_writable
-
     trains = spec.kind == "ablation" and not spec.ablation.get("profile")
     if trains:
         check_spec(spec.ablation["request"]["data"])
@@ -204,7 +202,6 @@ def _run_and_tell(study, trial, run, storage: StorageSettings) -> str:
     except KeyboardInterrupt as err:
         _fail(study, trial, INTERRUPTED)
         requeue(study, study._storage.get_trial(trial._trial_id), storage)
-        from bench.interrupts import add_kept
 
         add_kept(err, f"trial {trial.number} of study {study.study_name!r} marked interrupted and queued again")
         raise
@@ -231,8 +228,6 @@ def die_with_parent() -> None:
     """In a worker process: SIGTERM when the parent dies (Linux prctl), or a thread that notices (elsewhere)."""
     parent = os.getppid()
     try:
-        import ctypes
-
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
         if libc.prctl(1, signal.SIGTERM) == 0:  # PR_SET_PDEATHSIG
             if os.getppid() != parent:  # the parent died before the call

@@ -130,3 +130,92 @@ def test_one_ci_and_one_ablation_naming_rule() -> None:
     for module in ("reports/tables.py", "bench/cli/run.py"):
         assert "single_change_names" in (ROOT / module).read_text()
     assert "student_t" not in (ROOT / "reports" / "collect.py").read_text()
+
+
+SHELLS = ("bench/cli/", "bench/__main__.py", "studies/__main__.py", "reports/__main__.py", "bench/doctor/__main__.py")
+# imports that stay inside a function, each with its reason
+LAZY = {
+    ("studies/storage.py", "studies.journal"): "Optuna, loaded only when a journal is opened",
+    ("variants/registry.py", "variants.bsrnn"): "torch: the registry names variants for torch-free CLIs",
+    ("variants/registry.py", "variants.mbsnet"): "torch: the registry names variants for torch-free CLIs",
+    ("variants/scan_triton.py", "variants.scan_triton_kernels"): "triton: optional, absent on most CPU machines",
+    ("bench/training/request.py", "variants.discriminator"): "torch: checked only for a MetricGAN request",
+}
+# the one import from bench up into studies: `bench ablate --queue` hands the ablation to a study's queue
+UPWARD = {("bench.cli.run", "studies.queue"), ("bench.cli.run", "studies.storage")}
+
+
+def module_imports() -> dict[str, list[tuple[str, bool]]]:
+    """Each project module's imports of project or standard-library modules: (module, inside a function)."""
+    stdlib = set(sys.stdlib_module_names)
+    found: dict[str, list[tuple[str, bool]]] = {}
+    for path in sources(*PACKAGES):
+        rel = path.relative_to(ROOT).as_posix()
+        tree = ast.parse(path.read_text())
+        local = {id(n) for fn in ast.walk(tree) if isinstance(fn, ast.FunctionDef | ast.AsyncFunctionDef)
+                 for n in ast.walk(fn)}
+        for node in ast.walk(tree):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else []
+            for name in names:
+                if name.split(".")[0] in PACKAGES or name.split(".")[0] in stdlib:
+                    found.setdefault(rel, []).append((name, id(node) in local))
+    return found
+
+
+def test_imports_are_at_the_top() -> None:
+    """A file's header says what it depends on: at most 10 function-local imports outside the CLI shells."""
+    hidden = sorted((rel, name) for rel, imports in module_imports().items() if not rel.startswith(SHELLS)
+                    for name, inside in imports if inside and name.split(".")[0] in PACKAGES + tuple(
+                        sys.stdlib_module_names))
+    assert set(hidden) <= set(LAZY) and len(hidden) <= 10, hidden
+
+
+def project_graph() -> dict[str, set[str]]:
+    """Module -> the project modules it imports (anywhere in it)."""
+    def module(rel: str) -> str:
+        return rel.removesuffix(".py").removesuffix("/__init__").replace("/", ".")
+
+    known = {module(p.relative_to(ROOT).as_posix()) for p in sources(*PACKAGES)}
+    graph: dict[str, set[str]] = {}
+    for rel, imports in module_imports().items():
+        for name, _ in imports:
+            while name and name not in known:
+                name = name.rpartition(".")[0]
+            if name and name != module(rel):
+                graph.setdefault(module(rel), set()).add(name)
+    return graph
+
+
+def test_no_import_circle_and_nothing_imported_upward() -> None:
+    graph = project_graph()
+
+    def reaches(start: str, goal: str) -> bool:
+        seen, todo = set(), [start]
+        while todo:
+            here = todo.pop()
+            for nxt in graph.get(here, ()):
+                if nxt == goal:
+                    return True
+                if nxt not in seen:
+                    seen.add(nxt)
+                    todo.append(nxt)
+        return False
+
+    circles = sorted(m for m in graph if reaches(m, m))
+    upward = {(m, t) for m, targets in graph.items() for t in targets
+              if m.split(".")[0] == "bench" and t.split(".")[0] in ("studies", "reports")}
+    assert circles == [] and upward <= UPWARD, (circles, upward - UPWARD)
+
+
+def test_the_clis_and_a_request_check_load_no_torch(tmp_path: Path) -> None:
+    """A bad flag is refused before torch (or pandas, MLflow, Optuna) loads: the CLIs import light modules."""
+    code = ("import sys\nimport bench.__main__, studies.__main__, reports.__main__\n"
+            "from bench.cli.run import run_request\nfrom bench.data.datasets import check_spec\n"
+            "from bench.training.request import check_request\nimport argparse\n"
+            "args = bench.__main__.make_parser().parse_args(['run', '--variant', 'optimized', '--out', sys.argv[1]])\n"
+            "check_request(run_request(args, ['optimized']), check_spec)\n"
+            "print(sorted(m for m in ('torch', 'pandas', 'mlflow', 'optuna') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "out")], capture_output=True,
+                         text=True, timeout=120, cwd=ROOT)
+    assert out.returncode == 0 and out.stdout.strip() == "[]", out.stderr

@@ -92,7 +92,7 @@ BATTERY = [
     *[("resume", [*RUN, *change, "--steps", "4", "--out", "{run}", "--resume", "--no-track"], fragment)
       for change, fragment in [(["--batch", "3"], "batch=2 (here 3)"), (["--lr", "0.01"], "lr=0.001 (here 0.01)"),
                                (["--crop-seconds", "0.6"], "crop_seconds=0.5 (here 0.6)"),
-                               (["--phase-loss"], "phase_loss=False (here True)"),
+                               (["--precision", "fp64"], "precision='fp32' (here 'fp64')"),
                                (["--set", "d_state=8"], "d_state=12 (here 8)")]],
     ("resume", [*RUN, "--steps", "4", "--out", "{run}", "--resume", "--no-track", "--data",
                 "synth:seed=6,train=8,val=4,test=4"], "data fingerprint"),

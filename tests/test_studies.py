@@ -10,8 +10,8 @@ import pytest
 
 from studies import trials as runner
 from studies.__main__ import main
-from studies.objectives import TrialFailedError
 from studies.space import KNOBS, Knob, parse_space
+from studies.spec import TrialFailedError
 from studies.storage import make_storage
 from variants.errors import MbsbenchError
 

@@ -10,7 +10,7 @@ import pytest
 from bench.__main__ import main as bench
 from studies import trials
 from studies.__main__ import main as studies
-from studies.objectives import TrialFailedError
+from studies.spec import TrialFailedError
 from studies.storage import make_storage
 
 TINY = ["--set", "feature_dim=16", "--set", "temporal_layers=1"]

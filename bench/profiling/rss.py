@@ -6,8 +6,9 @@ import subprocess
 import sys
 
 from bench.profiling.memory import MemoryExceededError
-from bench.profiling.workload import ProfileSettings
+from bench.profiling.workload import ProfileSettings, make_workload
 from variants.config import ModelConfig
+from variants.registry import build_model
 
 
 def peak_rss_subprocess(cfg: ModelConfig, settings: ProfileSettings, mode: str) -> float:
@@ -43,9 +44,6 @@ def peak_rss_mib() -> float:
 def main() -> None:
     """The probe: build the model from the JSON in argv[1], run one step, print the peak RSS as JSON."""
     import torch
-
-    from bench.profiling.workload import make_workload
-    from variants.registry import build_model
 
     probe = json.loads(sys.argv[1])  # written by peak_rss_subprocess: an internal process, not a user CLI
     cfg = ModelConfig.from_dict(probe["config"])

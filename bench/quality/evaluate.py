@@ -11,7 +11,9 @@ import torch
 from torch import nn
 
 from bench.data.datasets import Dataset, Pair, check_pair, is_skipped, load_pair, rms_gain
+from bench.devices import autocast
 from bench.quality.metrics import METRICS, score_many, summarize
+from bench.text import format_table
 from variants.pcs import perceptual_contrast_stretch
 
 
@@ -33,7 +35,6 @@ def enhance(model: nn.Module | None, noisy: np.ndarray, device: str, precision: 
     """
     if model is None:
         return noisy
-    from bench.devices import autocast
 
     gain = rms_gain(noisy)  # the model sees inputs normalised as in training; the output is scaled back
     dtype = next(model.parameters()).dtype
@@ -104,8 +105,6 @@ def write_evaluation(result: Evaluation, folder: Path) -> dict[str, Path]:
 
 def format_evaluation(result: Evaluation, label: str, spec: str, split: str, folder: Path) -> str:
     """Summary and per-SNR tables as text."""
-    from bench.text import format_table
-
     rows = result.summary.to_dict("records")
     text = f"{label} on {spec} [{split}]: {len(result.per_utterance)} utterances scored, "
     text += f"{len(result.skipped)} skipped; metric stage {result.metric_seconds:.1f} s; "

@@ -15,6 +15,7 @@ from concurrent.futures import ProcessPoolExecutor
 import numpy as np
 import pandas as pd
 
+from bench.interrupts import ignore_interrupts
 from bench.quality.composite import composite
 from bench.quality.stats import mean_ci
 from bench.tracking.schema import METRICS, WORST
@@ -112,8 +113,6 @@ def _single_threaded() -> None:
     """Each metric process uses one core (BLAS threads on these small arrays only oversubscribe the machine)
     and leaves Ctrl-C to the parent, which stops the pool and reports once."""
     from threadpoolctl import threadpool_limits
-
-    from bench.interrupts import ignore_interrupts
 
     ignore_interrupts()
     threadpool_limits(1)

@@ -2,13 +2,16 @@
 
 import json
 import tempfile
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
+from bench.console import status
+from bench.profiling.params import param_table_text
 from bench.tracking.schema import EXPERIMENTS, PROFILE_CONDITIONS, PROFILE_FIGURES
-from bench.tracking.store import Run, provenance_tags, start_run
-from variants.errors import error_line
+from bench.tracking.store import Run, client, create_run, ended, mlflow_module, provenance_tags, start_run
+from variants.errors import MbsbenchError, error_line
 
 MIB = 2**20
 
@@ -52,8 +55,6 @@ def profile_recorder(uri: str, extra_tags: dict | None = None):
 
     A store that fails mid-sweep does not stop the sweep: the row gets run_id '' and its 'log_error'.
     """
-    from bench.profiling.params import param_table_text
-
     def record(row: dict, cfg) -> str:
         try:
             return record_profile(row, cfg.to_dict(), uri, param_table_text(row["variant"], cfg), extra_tags)
@@ -67,8 +68,6 @@ def profile_recorder(uri: str, extra_tags: dict | None = None):
 def logged_or_kept(action, keep):
     """action() (a record_* call); when the store fails, keep() saves the results (or `keep` names where
     they already are) and a one-line error says where."""
-    from variants.errors import MbsbenchError
-
     try:
         return action()
     except mlflow_errors() as err:
@@ -79,8 +78,6 @@ def logged_or_kept(action, keep):
 
 def keep_unlogged(rows: list[dict], task: str) -> Path:
     """Rows the store did not take, as JSON in ./unlogged/ (the working folder); the file's path."""
-    import time
-
     folder = Path("unlogged")
     folder.mkdir(exist_ok=True)
     path = folder / f"{task}-{time.strftime('%Y%m%d-%H%M%S')}.json"
@@ -145,8 +142,6 @@ class RunRecord:
     @classmethod
     def start(cls, uri: str, name: str, tags: dict, params: dict, parent: str | None = None) -> "RunRecord":
         """A new run of experiment 'run' with its config and conditions logged before the first step."""
-        from bench.tracking.store import create_run
-
         record = cls(create_run(uri, EXPERIMENTS["run"], name, tags, parent))
         record.run.log_params(params)
         return record
@@ -154,9 +149,6 @@ class RunRecord:
     @classmethod
     def resume(cls, uri: str, run_id: str, tags: dict) -> "RunRecord":
         """The run a checkpoint names, RUNNING again (a resumed training continues the same run)."""
-        from bench.tracking.store import client
-        from variants.errors import MbsbenchError
-
         tracking = client(uri)
         try:
             tracking.get_run(run_id)
@@ -174,8 +166,6 @@ class RunRecord:
             action()
         except mlflow_errors() as err:
             if not self.error:
-                from bench.console import status
-
                 status(f"warning: MLflow logging failed ({type(err).__name__}: {str(err)[:120]}); "
                        "training goes on, the results will be kept in the run folder")
             self.error = error_line(err, 200)
@@ -229,8 +219,6 @@ class RunRecord:
 
 def mlflow_errors() -> tuple[type[BaseException], ...]:
     """What a failing tracking store raises: MLflow's errors, and OSError (connections, files)."""
-    from bench.tracking.store import mlflow_module
-
     return (mlflow_module().exceptions.MlflowException, OSError)
 
 
@@ -238,8 +226,6 @@ def mlflow_errors() -> tuple[type[BaseException], ...]:
 def parent_run(uri: str, name: str, tags: Mapping[str, str], run_id: str | None = None) -> Iterator[str]:
     """The parent run of an ablation (experiment 'run'), whose id children pass as `parent`; `run_id` reopens
     the parent of a resumed ablation."""
-    from bench.tracking.store import client, create_run, ended
-
     if run_id is None:
         run = create_run(uri, EXPERIMENTS["run"], name, tags)
     else:
@@ -272,6 +258,4 @@ def record_trial(uri: str, study: str, parent: str, number: int, params: dict, m
 
 def record_study_importances(uri: str, run_id: str, importances: dict[str, float]) -> None:
     """The study's parameter importances as metrics of its run ('importance_KNOB'), for reports to read."""
-    from bench.tracking.store import client
-
     Run(client(uri), run_id).log_metrics({f"importance_{k}": v for k, v in importances.items()})

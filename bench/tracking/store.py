@@ -2,6 +2,7 @@
 
 import fcntl
 import importlib.metadata
+import importlib.util
 import json
 import logging
 import os
@@ -17,6 +18,7 @@ from typing import Any
 
 from bench.console import library_log_level
 from bench.invocation import command_tags
+from bench.tracking.liveness import mark_orphans, owner_tags
 from variants.errors import MbsbenchError, error_line, first_line
 
 DEFAULT_URI = "sqlite:///mlflow.db"  # relative to the working directory
@@ -89,7 +91,6 @@ def database_url(url: str) -> str:
     when psycopg2, SQLAlchemy's default, is absent. Other URLs, and ones naming a driver, pass unchanged."""
     if not url.startswith("postgresql://"):
         return url
-    import importlib.util
 
     if importlib.util.find_spec("psycopg2") is None and importlib.util.find_spec("psycopg") is not None:
         return "postgresql+psycopg://" + url[len("postgresql://"):]
@@ -162,7 +163,6 @@ def client(uri: str, read_only: bool = False):
     except (mlflow.exceptions.MlflowException, sqlalchemy.exc.SQLAlchemyError, OSError) as err:
         raise MbsbenchError(f"tracking URI {uri}: not usable ({first_line(err, 160)})") from None
     _CLIENTS[key] = tracking
-    from bench.tracking.liveness import mark_orphans
 
     mark_orphans(tracking)
     return tracking
@@ -273,8 +273,6 @@ class Run:
     def reopen(self) -> None:
         """Set a terminated run RUNNING again, owned by this process (a resumed training); why it ended before
         moves to 'previous_end_reason', so that a run that then finishes does not say it was interrupted."""
-        from bench.tracking.liveness import owner_tags
-
         before = self.tracking.get_run(self.run_id).data.tags.get("end_reason")
         self.set_tags(owner_tags() | ({"previous_end_reason": before} if before else {}))
         if before:
@@ -285,8 +283,6 @@ class Run:
 def create_run(uri: str, experiment: str, run_name: str, tags: Mapping[str, str] | None = None,
                parent: str | None = None) -> Run:
     """A new RUNNING run owned by this process (see liveness.py)."""
-    from bench.tracking.liveness import owner_tags
-
     tracking = client(uri)
     all_tags = dict(tags or {}) | owner_tags() | {"mlflow.runName": run_name}
     if parent:

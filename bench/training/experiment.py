@@ -22,10 +22,12 @@ from bench.data.datasets import Dataset, check_spec, open_dataset
 from bench.devices import device_name, parameter_dtype
 from bench.interrupts import add_kept
 from bench.invocation import command_tags
+from bench.profiling.macs import count_macs
 from bench.profiling.params import check_weights_fit
 from bench.quality.evaluate import Evaluation, evaluate, write_evaluation
-from bench.tracking.records import RunRecord, mlflow_errors
-from bench.tracking.schema import METRIC_LABELS
+from bench.tracking.records import RunRecord, mlflow_errors, parent_run, summary_means
+from bench.tracking.schema import EXPERIMENTS, METRIC_LABELS
+from bench.tracking.store import end_status, experiment_runs, provenance_tags
 from bench.training.checkpoint import check_same_model, load_checkpoint, read_checkpoint, write_atomically
 from bench.training.request import (
     BUDGET,
@@ -76,8 +78,6 @@ class ExperimentOutcome:
     tracking_uri: str | None = None
 
     def rows(self) -> list[dict]:
-        from bench.tracking.records import summary_means
-
         noisy = {"variant": "noisy input", "seed": "-", "status": "ok"} | summary_means(self.noisy)
         return [noisy] + self.earlier + [run.row() for run in self.runs]
 
@@ -187,9 +187,6 @@ def finished_before(request: RunRequest, context: RunContext, configs: dict[str,
 
 
 def _finished_in_store(uri: str, key: str) -> dict | None:
-    from bench.tracking.schema import EXPERIMENTS
-    from bench.tracking.store import experiment_runs
-
     runs = experiment_runs(uri, EXPERIMENTS["run"], f"tags.`mbsbench.run_key` = '{key}' and "
                                                     "attributes.status = 'FINISHED'")
     if runs.empty:
@@ -227,8 +224,6 @@ def resumable(request: RunRequest, configs: dict[str, ModelConfig], dataset: Dat
 def _parent(request: RunRequest, context: RunContext, dataset: Dataset, resumed: dict):
     if request.parent_run_id or not (context.tracking_uri and request.parent_name):
         return nullcontext(request.parent_run_id if context.tracking_uri else None)
-    from bench.tracking.records import parent_run
-    from bench.tracking.store import provenance_tags
 
     tags = provenance_tags(device_name(context.device)) | {"task": "ablate", "data_fingerprint": dataset.fingerprint}
     known = next((saved["run_mlflow_parent"] for saved in resumed.values() if saved.get("run_mlflow_parent")), None)
@@ -265,8 +260,6 @@ def _one(request: RunRequest, context: RunContext, name: str, cfg: ModelConfig, 
                                    request.resumes(name, seed), record, key)
     except (KeyboardInterrupt, Exception) as err:
         if record is not None:
-            from bench.tracking.store import end_status
-
             record.end(*end_status(err))  # KILLED for an interrupt, FAILED with the error's line
             if isinstance(err, KeyboardInterrupt):
                 add_kept(err, f"MLflow run {record.run_id} KILLED with its curves so far")
@@ -324,8 +317,6 @@ def _open_record(context: RunContext, trainer: Trainer, name: str, seed: int, da
 
 
 def run_tags(name: str, seed: int, dataset: Dataset, device: str) -> dict:
-    from bench.tracking.store import provenance_tags
-
     return provenance_tags(device_name(device)) | {"task": "run", "variant": name, "seed": str(seed),
                                                    "data_fingerprint": dataset.fingerprint}
 
@@ -340,9 +331,6 @@ def run_params(cfg: ModelConfig, settings: TrainSettings, dataset: Dataset, devi
 
 def run_figures(cfg: ModelConfig, result: TrainResult, evaluation: Evaluation | None, noisy: Evaluation) -> dict:
     """The flat figures of one run: params, MACs, training outcome, test and noisy scores."""
-    from bench.profiling.macs import count_macs
-    from bench.tracking.records import summary_means
-
     params = count_params(cfg)
     figures = {"params": params, "params_m": params / 1e6}
     figures |= count_macs(build_model(cfg).eval(), cfg, 1.0, "cpu")

@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from bench.data.datasets import Pair, load_pair, rms_gain
+from bench.devices import autocast
 from variants.config import ModelConfig
 from variants.errors import MbsbenchError
 from variants.layers import stft, wrap_phase
@@ -75,8 +76,6 @@ class CropSampler:
 def validation_loss(model: nn.Module, pairs: list[Pair], cfg: ModelConfig, device: str, phase: bool,
                     precision: str = "fp32") -> float:
     """Mean loss over full validation utterances (batch 1, normalised like training)."""
-    from bench.devices import autocast
-
     model.eval()
     total = 0.0
     with torch.no_grad():

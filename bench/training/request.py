@@ -9,6 +9,7 @@ import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from bench.tracking.store import client
 from bench.training.distributed import SINGLE, Ranks
 from variants.config import ModelConfig
 from variants.errors import MbsbenchError
@@ -227,7 +228,5 @@ def preflight(request: RunRequest, context: RunContext, spec_check) -> dict[str,
     """Every check of a request before its first step (check_request, then the store); the configs to train."""
     configs = check_request(request, spec_check)
     if context.tracking_uri:
-        from bench.tracking.store import client
-
         client(context.tracking_uri)  # reachable and usable, its schema in place
     return configs

@@ -22,6 +22,7 @@ from bench.interrupts import Interrupted, stop_requests
 from bench.training import distributed
 from bench.training.checkpoint import check_same_model, read_checkpoint, save_checkpoint
 from bench.training.distributed import Ranks
+from bench.training.metricgan import MetricGAN
 from bench.training.recipe import CropSampler, se_loss, validation_loss
 from bench.training.request import TrainSettings
 from variants.config import ModelConfig
@@ -220,8 +221,6 @@ class Trainer:
 
 
 def _metricgan(cfg: ModelConfig, settings: TrainSettings, device: str, ranks: Ranks, workers: int):
-    from bench.training.metricgan import MetricGAN
-
     return MetricGAN(cfg, settings.lr, settings.seed, device, workers, ranks)
 
 
