@@ -9,7 +9,7 @@ import pandas as pd
 
 from bench.tracking.schema import METRIC_LABELS as LABELS
 from bench.tracking.schema import PAPER_METRICS as QUALITY
-from bench.tracking.store import download_artifact
+from bench.tracking.store import ArtifactMissingError, download_artifact
 from reports.collect import (
     CONFIG_FIGURES,
     Store,
@@ -120,7 +120,7 @@ def _per_utterance(store: Store, variant: str) -> pd.DataFrame | None:
     with tempfile.TemporaryDirectory() as folder:
         try:
             path = download_artifact(store.uri, runs["run_id"].iloc[0], "per_utterance.csv", folder)
-        except MbsbenchError:  # a run without the artifact (training failed before a checkpoint): no paired test
+        except ArtifactMissingError:  # a run without it (training failed before a checkpoint): no paired test
             return None
         return pd.read_csv(path).set_index("id")
 

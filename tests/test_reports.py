@@ -188,20 +188,26 @@ def test_importances_come_from_mlflow(studies_uri: str, tmp_path: Path) -> None:
     assert proc.returncode == 0 and proc.stdout.strip() == "[]", proc.stderr
 
 
-def test_per_utterance_errors_are_not_swallowed(store_uri: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Defect 7: a missing artifact means no paired test; any other failure is raised, not hidden."""
-    import bench.tracking.store as store_module
+def test_per_utterance_errors_are_not_swallowed(store_uri: str, monkeypatch: pytest.MonkeyPatch,
+                                                capsys: pytest.CaptureFixture) -> None:
+    """Defect 7: a missing artifact means no paired test; an unreachable artifact store is one line, exit 2,
+    never a '-' in the ablation table (issue 25)."""
+    import mlflow
+    import requests
+
     from reports.tables import ablation_table
 
     store = load_store(store_uri)
     assert ablation_table(store, "optimized") is not None
 
-    def broken(*args, **kwargs):
-        raise RuntimeError("store went away")
+    def unreachable(*args, **kwargs):
+        raise requests.exceptions.ConnectionError("Connection refused")
 
-    monkeypatch.setattr(store_module, "download_artifact", broken)
-    with pytest.raises(RuntimeError, match="store went away"):
-        ablation_table(store, "optimized")
+    monkeypatch.setattr(mlflow.tracking.MlflowClient, "download_artifacts", unreachable)
+    capsys.readouterr()
+    assert reports(["tables", "--tracking-uri", store_uri]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "artifacts unreachable (ConnectionError: Connection refused)" in err[0], err
 
 
 def test_profiles_of_two_machines_are_never_mixed(tmp_path: Path) -> None:

@@ -100,13 +100,12 @@ def test_retry_failed_queues_the_failed_points_again(tmp_path: Path, capsys: pyt
 def test_a_tracking_store_failing_under_a_worker_costs_a_warning(tmp_path: Path, capsys: pytest.CaptureFixture,
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     """The worker died and the measured value was lost (the trial RUNNING forever on a journal)."""
-    from bench.tracking import records
     from bench.tracking.store import mlflow_module
 
     def store_down(*args, **kwargs):
         raise mlflow_module().exceptions.MlflowException("connection refused")
 
-    monkeypatch.setattr(records, "record_trial", store_down)
+    monkeypatch.setattr(trials, "record_trial", store_down)
     journal = tmp_path / "s.log"
     assert studies(["search", "--space", "d_state", "--objective", "params", "--trials", "2", "--storage",
                     str(journal), "--tracking-uri", f"sqlite:///{tmp_path}/m.db", "--study-name", "p", "-q"]) == 0

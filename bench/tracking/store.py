@@ -338,13 +338,24 @@ def experiment_runs(uri: str, experiment: str, filter_string: str = ""):
         return pd.DataFrame()
 
 
+class ArtifactMissingError(MbsbenchError):
+    """A run without the artifact asked for: an answer, unlike a store that cannot be reached."""
+
+
 def download_artifact(uri: str, run_id: str, path: str, folder: str) -> Path:
-    """Local copy of one artifact of a run; an error naming the artifact when the run has none."""
+    """Local copy of one artifact of a run; ArtifactMissingError when the run has none, a one-line error when the
+    artifact store cannot be reached."""
     mlflow = mlflow_module()
     try:
         return Path(client(uri).download_artifacts(run_id, path, folder))
-    except (mlflow.exceptions.MlflowException, OSError) as err:
-        raise MbsbenchError(f"run {run_id} has no artifact {path!r} ({type(err).__name__})") from None
+    except FileNotFoundError:
+        raise ArtifactMissingError(f"run {run_id} has no artifact {path!r}") from None
+    except mlflow.exceptions.MlflowException as err:
+        if err.error_code in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND"):
+            raise ArtifactMissingError(f"run {run_id} has no artifact {path!r}") from None
+        raise MbsbenchError(f"tracking URI {uri}: artifacts unreachable ({first_line(err, 160)})") from None
+    except OSError as err:
+        raise MbsbenchError(f"tracking URI {uri}: artifacts unreachable ({error_line(err, 160)})") from None
 
 
 def metric_history(uri: str, run_id: str, key: str) -> list[tuple[int, float]]:
