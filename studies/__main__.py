@@ -79,24 +79,27 @@ def cmd_create(args: argparse.Namespace) -> str:
 
 def cmd_work(args: argparse.Namespace) -> str:
     from bench.devices import resolve_device
+    from studies.trials import Worker
     from studies.worker import work
 
     tracking = tracking_uri(args) if args.tracking_uri else None
     from bench.interrupts import interrupt_once
 
-    report = work(args.name, storage_settings(args), resolve_device(args.device), args.max_trials, Path(args.out),
-                  tracking, metric_workers=args.workers, stop=interrupt_once())
+    worker = Worker(resolve_device(args.device), Path(args.out), args.workers, tracking_uri=tracking,
+                    max_trials=args.max_trials)
+    report = work(args.name, storage_settings(args), worker, interrupt_once())
     counts = ", ".join(f"{state.lower()} {len(numbers)}" for state, numbers in sorted(report.states.items()))
     return f"study {args.name!r}: this worker ran {report.ran} trials ({counts or 'none left'})"
 
 
 def cmd_search(args: argparse.Namespace) -> str:
     from bench.devices import resolve_device
-    from studies.runner import search
+    from studies.runner import Search, search
+    from studies.trials import Worker
 
     spec = study_spec(args)
-    result = search(spec, storage_settings(args), args.workers, resolve_device(args.device), Path(args.out),
-                    args.retry_failed)
+    result = search(spec, storage_settings(args), Worker(resolve_device(args.device), Path(args.out)),
+                    Search(args.workers, args.retry_failed))
     states = ", ".join(f"{k.lower()} {v}" for k, v in sorted(result.states.items()))
     head = f"study {spec.name!r}: {result.created.queued} points queued now" if spec.sampler == "grid" else \
         f"study {spec.name!r}: sampler {spec.sampler}"

@@ -14,6 +14,7 @@ from bench.profiling.memory import MemoryCurve
 from bench.profiling.timing import throughput
 from bench.profiling.workload import ProfileSettings, measured_model
 from bench.quality.evaluate import evaluate
+from bench.training.request import PlannedRun, RunContext
 from bench.training.trainer import Trainer, TrainObserver, TrainSettings
 from studies.spec import OBJECTIVES, ObjectiveSettings, TrialFailedError
 from variants.config import ModelConfig
@@ -50,7 +51,7 @@ def validation_pesq(cfg: ModelConfig, s: ObjectiveSettings, trial=None) -> float
     torch.manual_seed(s.seed)
     folder = Path(s.workdir) / (f"{trial.study.study_name}/trial-{trial.number}" if trial is not None else "trial")
     model = build_model(replace(cfg, scan="auto"))  # same math as the config's scan, more steps per budget
-    trainer = Trainer(model, cfg, "study", dataset.split("train"), dataset.split("val"), settings, folder, s.device)
+    trainer = Trainer(model, PlannedRun("study", cfg, settings, folder), dataset, RunContext(s.device))
     if trial is not None:
         trainer.observers.append(_pruner(trial))
     result = trainer.run()

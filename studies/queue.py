@@ -124,12 +124,10 @@ def _study_run(spec: StudySpec, study) -> str | None:
     return run_id
 
 
-def queue_ablation(name: str, storage: StorageSettings, request, profile: dict | None,
-                   tracking_uri: str | None, retry_failed: bool = False) -> Created:
+def ablation_spec(name: str, request, profile: dict | None, tracking_uri: str | None) -> StudySpec:
     """An ablation as a study: each (variant, seed) of `request` one queued trial that `studies work` trains
-    (or, with `profile`, profiles) through bench's normal path and logs as a normal run."""
-    spec = StudySpec(name, "ablation_profile" if profile else "ablation", "ablation", request.variants[0],
+    (or, with `profile`, profiles) through bench's normal path and logs as a normal run (create_study queues it)."""
+    return StudySpec(name, "ablation_profile" if profile else "ablation", "ablation", request.variants[0],
                      tracking_uri=tracking_uri, ablation={
                          "variants": list(request.variants), "seeds": list(request.seeds),
                          "request": request.to_dict(), "profile": profile})
-    return create_study(spec, storage, retry_failed)

@@ -10,8 +10,7 @@ import os
 import signal
 import socket
 from collections import Counter
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, replace
 
 from bench.console import set_verbosity, status, verbosity
 from bench.interrupts import add_kept, interrupt_once
@@ -19,6 +18,7 @@ from bench.tracking.records import record_study_importances
 from studies.queue import Created, create_study, load_study
 from studies.spec import StudySpec
 from studies.storage import StorageSettings, requeue
+from studies.trials import Worker
 from studies.worker import INTERRUPTED, check_worker, die_with_parent, work
 from variants.errors import MbsbenchError
 
@@ -32,15 +32,14 @@ class SearchResult:
     reasons: list[str]
 
 
-def _worker_main(name: str, storage: StorageSettings, device: str, out: str, index: int, level: int,
-                 problems) -> None:
+def _worker_main(name: str, storage: StorageSettings, worker: Worker, problems) -> None:
     """A spawned worker: dies with its parent, stops on the first signal, reports nothing on stdout; a problem of
     this machine (it stops the worker, its trial queued again) goes to `problems` for the parent to say once."""
     stop = interrupt_once()
     try:
-        set_verbosity(level)  # before work() opens the storage, which sets Optuna's log level from it
+        set_verbosity(worker.verbosity)  # before work() opens the storage, which sets Optuna's log level from it
         die_with_parent()
-        work(name, storage, device, out=Path(out), index=index, stop=stop)
+        work(name, storage, worker, stop)
     except KeyboardInterrupt:
         raise SystemExit(130) from None
     except MbsbenchError as err:
@@ -48,26 +47,33 @@ def _worker_main(name: str, storage: StorageSettings, device: str, out: str, ind
         raise SystemExit(2) from None
 
 
-def search(spec: StudySpec, storage: StorageSettings, workers: int, device: str, out: Path = Path("runs"),
-           retry_failed: bool = False) -> SearchResult:
-    """Create the study (queueing its grid points, and failed ones again with `retry_failed`) and run its trials
-    with `workers` local processes."""
-    check_worker(spec, out)  # before anything is queued
-    created = create_study(spec, storage, retry_failed)  # make_storage sets Optuna's log level (INFO only with -v)
-    if workers == 1:
-        work(spec.name, storage, device, out=out, index=0)
+@dataclass(frozen=True)
+class Search:
+    """How a search runs here: its worker processes, and whether points that failed are queued again."""
+
+    processes: int = 1
+    retry_failed: bool = False
+
+
+def search(spec: StudySpec, storage: StorageSettings, worker: Worker, how: Search = Search()) -> SearchResult:
+    """Create the study (queueing its grid points, and failed ones again with how.retry_failed) and run its
+    trials with how.processes local workers like `worker`."""
+    check_worker(spec, worker.out)  # before anything is queued
+    created = create_study(spec, storage, how.retry_failed)  # make_storage sets Optuna's log level (INFO with -v)
+    if how.processes == 1:
+        work(spec.name, storage, replace(worker, index=0))
     else:
-        _run_processes(spec.name, storage, device, out, workers)
+        _run_processes(spec.name, storage, worker, how.processes)
     study, _ = load_study(storage, spec.name)
     record_importances(spec, study)
     return SearchResult(created, trial_states(study), fail_reasons(study))
 
 
-def _run_processes(name: str, storage: StorageSettings, device: str, out: Path, workers: int) -> None:
+def _run_processes(name: str, storage: StorageSettings, worker: Worker, workers: int) -> None:
     context = multiprocessing.get_context("spawn")
     problems = context.SimpleQueue()
-    processes = [context.Process(target=_worker_main, args=(name, storage, device, str(out), index, verbosity(),
-                                                            problems)) for index in range(workers)]
+    processes = [context.Process(target=_worker_main, args=(name, storage, replace(
+        worker, index=index, verbosity=verbosity()), problems)) for index in range(workers)]
     for process in processes:
         process.start()
     try:

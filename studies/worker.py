@@ -33,7 +33,7 @@ from studies.storage import (
     study_lock,
     unreachable,
 )
-from studies.trials import trial_function
+from studies.trials import Worker, trial_function
 from variants.errors import MbsbenchError, error_line, first_line
 
 INTERRUPTED = "interrupted"
@@ -102,22 +102,20 @@ def sampler_for(spec: StudySpec, index: int | None):
     return optuna.samplers.TPESampler(seed=seed) if spec.sampler == "tpe" else optuna.samplers.RandomSampler(seed)
 
 
-def work(name: str, storage: StorageSettings, device: str, max_trials: int | None = None, out: Path = Path("runs"),
-         tracking_uri: str | None = None, index: int | None = None, metric_workers: int = 0,
-         stop=None) -> WorkReport:
-    """Run trials of the study until it is done, or `max_trials` of them; a KeyboardInterrupt is re-raised
+def work(name: str, storage: StorageSettings, worker: Worker, stop=None) -> WorkReport:
+    """Run trials of the study until it is done, or the worker's max_trials; a KeyboardInterrupt is re-raised
     after the trial in flight was marked interrupted and queued again. `stop` (interrupts.interrupt_once)
     ends the loop after a trial that an interrupt did not reach (one lost in a finalizer)."""
     import optuna
 
     study, spec = load_study(storage, name)
-    if tracking_uri:
-        spec = replace(spec, tracking_uri=tracking_uri)
-    check_worker(spec, out)
-    study = optuna.load_study(study_name=name, storage=study._storage, sampler=sampler_for(spec, index))
-    run = trial_function(spec, device, out, metric_workers)
+    if worker.tracking_uri:
+        spec = replace(spec, tracking_uri=worker.tracking_uri)
+    check_worker(spec, worker.out)
+    study = optuna.load_study(study_name=name, storage=study._storage, sampler=sampler_for(spec, worker.index))
+    run = trial_function(spec, worker)
     report = WorkReport()
-    while max_trials is None or report.ran < max_trials:
+    while worker.max_trials is None or report.ran < worker.max_trials:
         try:
             trial = _next(study, spec, storage)
         except storage_errors() as err:

@@ -13,6 +13,7 @@ import torch
 from bench.__main__ import main as bench
 from bench.data.datasets import open_dataset
 from bench.tracking.store import metric_history, search_runs
+from bench.training.request import PlannedRun, RunContext
 from bench.training.trainer import Trainer, TrainObserver, TrainSettings
 from variants.registry import build, build_config
 
@@ -68,8 +69,8 @@ def tiny_trainer(folder: Path, steps: int = 6, precision: str = "fp32", metricga
     data = open_dataset(TINY_DATA)
     settings = TrainSettings(batch=2, crop_seconds=0.5, steps=steps, val_every=2, checkpoint_every=1,
                              precision=precision, metricgan=metricgan)
-    return Trainer(build("optimized", feature_dim=16, temporal_layers=1), cfg, "optimized", data.split("train"),
-                   data.split("val"), settings, folder, metric_workers=2)
+    run = PlannedRun("optimized", cfg, settings, folder)
+    return Trainer(build("optimized", feature_dim=16, temporal_layers=1), run, data, RunContext(workers=2))
 
 
 def test_bf16_step_is_close_to_fp32(tmp_path: Path) -> None:

@@ -219,3 +219,17 @@ def test_the_clis_and_a_request_check_load_no_torch(tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "out")], capture_output=True,
                          text=True, timeout=120, cwd=ROOT)
     assert out.returncode == 0 and out.stdout.strip() == "[]", out.stderr
+
+
+def test_no_helper_below_preflight_takes_more_than_four_parameters() -> None:
+    """One plan going down: a planned run, the context and what the experiment shares travel whole, not in
+    pieces (the trainer took 11 parameters, a worker 9)."""
+    wide = []
+    for path in sources("bench/training", "studies"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                args = node.args.posonlyargs + node.args.args + node.args.kwonlyargs
+                names = [a.arg for a in args if a.arg not in ("self", "cls")]
+                if len(names) > 4 and path.name != "__main__.py":
+                    wide.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name}({', '.join(names)})")
+    assert wide == []

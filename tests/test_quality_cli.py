@@ -13,7 +13,7 @@ import torch
 
 from bench.__main__ import main
 from bench.tracking.store import search_runs
-from bench.training.checkpoint import save_checkpoint
+from bench.training.checkpoint import save_checkpoint, weights
 from variants.registry import build, build_config
 
 RATE = 16000
@@ -52,7 +52,7 @@ def test_evaluate_a_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture) ->
     clean, noisy = voiced_files(tmp_path / "data", 2)
     cfg = build_config("optimized", feature_dim=32)
     model = build("optimized", feature_dim=32)
-    save_checkpoint(tmp_path / "best.pt", model, cfg, "optimized")
+    save_checkpoint(tmp_path / "best.pt", weights(model, cfg, "optimized"))
     args = ["evaluate", "--data", f"paired:{clean},{noisy}", "--variant", "optimized", "--set", "feature_dim=32",
             "--checkpoint", str(tmp_path / "best.pt"), "--workers", "1", "--no-track", "--out", str(tmp_path / "o")]
     assert main(args) == 0
@@ -65,7 +65,7 @@ def run_cli(*argv: str) -> subprocess.CompletedProcess:
 
 def test_checkpoint_of_another_variant(tmp_path: Path) -> None:
     clean, noisy = voiced_files(tmp_path / "data", 1)
-    save_checkpoint(tmp_path / "b.pt", build("bsrnn"), build_config("bsrnn"), "bsrnn")
+    save_checkpoint(tmp_path / "b.pt", weights(build("bsrnn"), build_config("bsrnn"), "bsrnn"))
     proc = run_cli("evaluate", "--data", f"paired:{clean},{noisy}", "--variant", "optimized",
                    "--checkpoint", str(tmp_path / "b.pt"), "--no-track")
     assert proc.returncode == 2 and "was trained as 'bsrnn', not 'optimized'" in proc.stderr

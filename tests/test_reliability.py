@@ -236,7 +236,7 @@ def test_sigint_keeps_the_checkpoint_and_kills_the_run(tmp_path: Path) -> None:
 
 def test_silent_output_is_a_failure_at_the_worst_value(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     from bench.tracking.schema import WORST
-    from bench.training.checkpoint import save_checkpoint
+    from bench.training.checkpoint import save_checkpoint, weights
     from variants.registry import build, build_config
 
     cfg = build_config("optimized", feature_dim=16, temporal_layers=1)
@@ -245,7 +245,7 @@ def test_silent_output_is_a_failure_at_the_worst_value(tmp_path: Path, capsys: p
         for out in model.decoder.heads.outs:  # a zero mask: the enhanced output is exact digital silence
             out.weight.zero_()
             out.bias.zero_()
-    save_checkpoint(tmp_path / "silent.pt", model, cfg, "optimized")
+    save_checkpoint(tmp_path / "silent.pt", weights(model, cfg, "optimized"))
     assert bench(["evaluate", "--data", TINY_DATA, "--variant", "optimized", *TINY, "--checkpoint",
                   str(tmp_path / "silent.pt"), "--workers", "1", "--no-track", "--out", str(tmp_path / "eval"),
                   "--format", "json", "--device", "cpu"]) == 0

@@ -11,6 +11,7 @@ import torch
 from bench.__main__ import main
 from bench.data.datasets import open_dataset
 from bench.tracking.store import search_runs
+from bench.training.request import PlannedRun
 from bench.training.trainer import Trainer, TrainSettings
 from variants.registry import build, build_config
 
@@ -28,8 +29,8 @@ def tiny_trainer(folder: Path, steps: int, lr: float = 1e-3) -> Trainer:
     cfg = build_config("optimized", feature_dim=16, temporal_layers=1)
     data = open_dataset(TINY_DATA)
     settings = TrainSettings(batch=2, crop_seconds=0.5, steps=steps, val_every=2, checkpoint_every=2, lr=lr)
-    return Trainer(build("optimized", feature_dim=16, temporal_layers=1), cfg, "optimized", data.split("train"),
-                   data.split("val"), settings, folder)
+    run = PlannedRun("optimized", cfg, settings, folder)
+    return Trainer(build("optimized", feature_dim=16, temporal_layers=1), run, data)
 
 
 def test_resume_reaches_the_same_weights(tmp_path: Path) -> None:

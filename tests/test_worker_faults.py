@@ -77,10 +77,10 @@ def test_retry_failed_queues_the_failed_points_again(tmp_path: Path, capsys: pyt
     queue(journal)
     real = trials._profile_pair
 
-    def flaky(spec, trial, variant, *args):
-        if variant.endswith("d_state12"):
+    def flaky(spec, trial, pair, device):
+        if pair[0].endswith("d_state12"):
             raise TrialFailedError("out of memory")
-        return real(spec, trial, variant, *args)
+        return real(spec, trial, pair, device)
 
     with monkeypatch.context() as patch:
         patch.setattr(trials, "_profile_pair", flaky)

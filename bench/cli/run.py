@@ -153,7 +153,7 @@ def _queue(variants: list[str], args: argparse.Namespace) -> str:
 
     from bench.data.datasets import spec_form
     from bench.training.request import resolve_configs, train_settings
-    from studies.queue import queue_ablation
+    from studies.queue import ablation_spec, create_study
     from studies.storage import StorageSettings
 
     request = run_request(args, variants, None)
@@ -163,8 +163,8 @@ def _queue(variants: list[str], args: argparse.Namespace) -> str:
         train_settings(request, request.data, seed)
     profile = asdict(_profile_settings(args, "cpu")) if args.profile_only else None
     name = args.study_name or f"ablate-{args.base}{'-profile' if args.profile_only else ''}"
-    created = queue_ablation(name, StorageSettings(args.queue, flag="--queue"), request, profile, tracking_uri(args),
-                             args.retry_failed)
+    spec = ablation_spec(name, request, profile, tracking_uri(args))
+    created = create_study(spec, StorageSettings(args.queue, flag="--queue"), args.retry_failed)
     return (f"study {name!r} in {args.queue}: {created.queued} (variant, seed) pairs queued ({created.before} "
             f"before){created.retried_text}\nstart workers: python -m studies work {name} --storage {args.queue}")
 

@@ -10,7 +10,16 @@ from pathlib import Path
 from bench.console import status
 from bench.profiling.params import param_table_text
 from bench.tracking.schema import EXPERIMENTS, PROFILE_CONDITIONS, PROFILE_FIGURES
-from bench.tracking.store import Run, client, create_run, ended, mlflow_module, provenance_tags, start_run
+from bench.tracking.store import (
+    Run,
+    client,
+    create_run,
+    ended,
+    experiment_runs,
+    mlflow_module,
+    provenance_tags,
+    start_run,
+)
 from variants.errors import MbsbenchError, error_line
 
 MIB = 2**20
@@ -259,3 +268,13 @@ def record_trial(uri: str, study: str, parent: str, number: int, params: dict, m
 def record_study_importances(uri: str, run_id: str, importances: dict[str, float]) -> None:
     """The study's parameter importances as metrics of its run ('importance_KNOB'), for reports to read."""
     Run(client(uri), run_id).log_metrics({f"importance_{k}": v for k, v in importances.items()})
+
+
+def finished_run(uri: str, key: str) -> dict | None:
+    """The FINISHED training run of a run key ('mbsbench.run_key'): {'run_id', and its figures}, or None."""
+    runs = experiment_runs(uri, EXPERIMENTS["run"], f"tags.`mbsbench.run_key` = '{key}' and "
+                                                    "attributes.status = 'FINISHED'")
+    if runs.empty:
+        return None
+    run = runs.iloc[0]
+    return {"run_id": run["run_id"]} | {c[len("metrics."):]: run[c] for c in runs.columns if c.startswith("metrics.")}

@@ -12,10 +12,15 @@ from variants.config import EXECUTION_FIELDS, ModelConfig
 from variants.errors import MbsbenchError
 
 
-def save_checkpoint(path: Path, model: nn.Module, cfg: ModelConfig, variant: str, extra: dict | None = None) -> None:
-    """Write weights, config fields and variant name, atomically (write_atomically)."""
+def weights(model: nn.Module, cfg: ModelConfig, variant: str) -> dict:
+    """What every checkpoint holds: the weights, the config fields and the variant name that built them."""
+    return {"variant": variant, "config": cfg.to_dict(), "state_dict": model.state_dict()}
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    """Write a checkpoint (weights(...), with any training state), atomically (write_atomically)."""
     buffer = io.BytesIO()  # serialised here: a full disk is then the file's own OSError, not torch's zip writer's
-    torch.save({"variant": variant, "config": cfg.to_dict(), "state_dict": model.state_dict()} | (extra or {}), buffer)
+    torch.save(state, buffer)
     write_atomically(path, buffer.getbuffer())
 
 

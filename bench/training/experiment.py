@@ -25,12 +25,13 @@ from bench.invocation import command_tags
 from bench.profiling.macs import count_macs
 from bench.profiling.params import check_weights_fit
 from bench.quality.evaluate import Evaluation, evaluate, write_evaluation
-from bench.tracking.records import RunRecord, mlflow_errors, parent_run, summary_means
-from bench.tracking.schema import EXPERIMENTS, METRIC_LABELS
-from bench.tracking.store import end_status, experiment_runs, provenance_tags
+from bench.tracking.records import RunRecord, finished_run, mlflow_errors, parent_run, summary_means
+from bench.tracking.schema import METRIC_LABELS
+from bench.tracking.store import end_status, provenance_tags
 from bench.training.checkpoint import check_same_model, load_checkpoint, read_checkpoint, write_atomically
 from bench.training.request import (
     BUDGET,
+    PlannedRun,
     RunContext,
     RunRequest,
     TrainSettings,
@@ -119,12 +120,14 @@ def check_before_launch(request: RunRequest, tracking_uri: str | None, device: s
     devices, the data and batch, each checkpoint to resume."""
     if device.startswith("cuda") and torch.cuda.device_count() < world:
         raise MbsbenchError(f"--nproc {world}: a GPU per rank, and this machine has {torch.cuda.device_count()}")
-    for seed in request.seeds:
+    for seed in request.seeds:  # the world's own checks (a batch that divides), before the data is opened
         train_settings(request, request.data, seed, world)
     configs = preflight(request, RunContext(device, tracking_uri), check_spec)
     dataset = open_splits(request.data)
-    check_batch(train_settings(request, dataset.spec, request.seeds[0], world).batch, dataset)
-    resumable(request, configs, dataset, world)
+    planned = plan_runs(request, configs, dataset, world)
+    check_batch(planned[0].settings.batch, dataset)
+    for run in planned:
+        remember_checkpoint(run, dataset)
 
 
 def check_batch(batch: int, dataset: Dataset) -> None:
@@ -134,35 +137,53 @@ def check_batch(batch: int, dataset: Dataset) -> None:
                             " utterances; expected a batch no larger")
 
 
+def plan_runs(request: RunRequest, configs: dict[str, ModelConfig], dataset: Dataset, world: int) -> list[PlannedRun]:
+    """Every (variant, seed) of the request resolved once: its train settings, folder and run key."""
+    planned = []
+    for name, cfg in configs.items():
+        for seed in request.seeds:
+            settings = train_settings(request, dataset.spec, seed, world)
+            planned.append(PlannedRun(name, cfg, settings, run_folder(request, name, seed),
+                                      run_key(cfg, settings, dataset), request.recipe, request.resumes(name, seed),
+                                      request.overwrite))
+    return planned
+
+
 def run_experiment(request: RunRequest, context: RunContext) -> ExperimentOutcome:
     """Train and evaluate each (variant, seed), log each run, and return the outcomes."""
     configs = preflight(request, context, check_spec)
     for name, cfg in configs.items():
         check_weights_fit(name, cfg, context.device)
     dataset = open_splits(request.data)
-    check_batch(train_settings(request, dataset.spec, request.seeds[0], context.ranks.world).batch, dataset)
-    earlier = finished_before(request, context, configs, dataset) if request.skip_finished else {}
-    todo = [(name, cfg, seed) for name, cfg in configs.items() for seed in request.seeds if (name, seed) not in earlier]
-    held = [run_folder(request, name, seed) for name, _, seed in todo] if context.ranks.main else []
-    with hold_run_folders(held):  # before the folders are looked at: two runs never share one
-        for name, _, seed in todo:  # a folder that holds a run with other settings is not overwritten either
-            check_run_folder(replace(request, skip_finished=False), name, seed)
+    planned = plan_runs(request, configs, dataset, context.ranks.world)
+    check_batch(planned[0].settings.batch, dataset)
+    earlier = finished_before(planned, context) if request.skip_finished else {}
+    todo = [run for run in planned if (run.variant, run.seed) not in earlier]
+    with hold_run_folders([run.folder for run in todo] if context.ranks.main else []):  # before they are read
+        for run in todo:  # a folder that holds a run with other settings is not overwritten either
+            check_run_folder(replace(request, skip_finished=False), run.variant, run.seed)
+        todo = [remember_checkpoint(run, dataset) for run in todo]
         outcomes, noisy = _run_todo(request, context, dataset, todo)
     return ExperimentOutcome(noisy, outcomes, list(earlier.values()), context.tracking_uri)
 
 
+@dataclass(frozen=True)
+class Shared:
+    """What every run of one experiment shares: the data, the noisy input's scores, the ablation's parent run."""
+
+    dataset: Dataset
+    noisy: Evaluation | None
+    parent_id: str | None
+
+
 def _run_todo(request: RunRequest, context: RunContext, dataset: Dataset,
-              todo: list[tuple[str, ModelConfig, int]]) -> tuple[list[RunOutcome], Evaluation | None]:
-    """Score the noisy input, then train and score each (variant, seed) under the ablation's parent run."""
-    resumed = resumable(request, {name: cfg for name, cfg, _ in todo}, dataset, context.ranks.world)
+              todo: list[PlannedRun]) -> tuple[list[RunOutcome], Evaluation | None]:
+    """Score the noisy input, then train and score each planned run under the ablation's parent run."""
     noisy = evaluate(dataset, "test", None, workers=context.workers)[0] if context.ranks.main else None
-    outcomes = []
-    parent = _parent(request, context, dataset, resumed) if todo else nullcontext(None)
+    parent = _parent(request, context, dataset, todo) if todo else nullcontext(None)
     with parent as parent_id:
-        for name, cfg, seed in todo:
-            saved = resumed.get((name, seed), {})
-            outcomes.append(_one(request, context, name, cfg, seed, dataset, noisy, parent_id, saved))
-    return outcomes, noisy
+        shared = Shared(dataset, noisy, parent_id)
+        return [train_one(run, context, shared) for run in todo], noisy
 
 
 def run_key(cfg: ModelConfig, settings: TrainSettings, dataset: Dataset) -> str:
@@ -172,28 +193,20 @@ def run_key(cfg: ModelConfig, settings: TrainSettings, dataset: Dataset) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def finished_before(request: RunRequest, context: RunContext, configs: dict[str, ModelConfig],
-                    dataset: Dataset) -> dict[tuple, dict]:
+def finished_before(planned: list[PlannedRun], context: RunContext) -> dict[tuple, dict]:
     """(variant, seed) pairs already FINISHED with this key in the store, or in their run folder when untracked."""
     done = {}
-    for name, cfg in configs.items():
-        for seed in request.seeds:
-            key = run_key(cfg, train_settings(request, dataset.spec, seed, context.ranks.world), dataset)
-            row = _finished_in_store(context.tracking_uri, key) if context.tracking_uri else \
-                _finished_in_folder(run_folder(request, name, seed), key)
-            if row is not None:
-                done[name, seed] = {"variant": name, "seed": seed} | row
+    for run in planned:
+        row = _finished_in_store(context.tracking_uri, run.key) if context.tracking_uri else \
+            _finished_in_folder(run.folder, run.key)
+        if row is not None:
+            done[run.variant, run.seed] = {"variant": run.variant, "seed": run.seed} | row
     return done
 
 
 def _finished_in_store(uri: str, key: str) -> dict | None:
-    runs = experiment_runs(uri, EXPERIMENTS["run"], f"tags.`mbsbench.run_key` = '{key}' and "
-                                                    "attributes.status = 'FINISHED'")
-    if runs.empty:
-        return None
-    run = runs.iloc[0]
-    figures = {c[len("metrics."):]: run[c] for c in runs.columns if c.startswith("metrics.")}
-    return {"status": f"finished earlier (run {run['run_id']})", "run_id": run["run_id"]} | figures
+    found = finished_run(uri, key)
+    return None if found is None else {"status": f"finished earlier (run {found['run_id']})"} | found
 
 
 def _finished_in_folder(folder: Path, key: str) -> dict | None:
@@ -206,27 +219,25 @@ def _finished_in_folder(folder: Path, key: str) -> dict | None:
     return row | {"status": f"finished earlier ({path})"}
 
 
-def resumable(request: RunRequest, configs: dict[str, ModelConfig], dataset: Dataset,
-              world: int = 1) -> dict[tuple, dict]:
-    """With --resume, each run's last.pt checked against this command (model, recipe, data) before any work;
-    what each remembers (its MLflow run and parent) by (variant, seed)."""
-    resumed = {}
-    for name, cfg in configs.items():
-        for seed in [seed for seed in request.seeds if request.resumes(name, seed)]:
-            path = run_folder(request, name, seed) / "last.pt"
-            data = read_checkpoint(path)
-            check_same_model(data, path, cfg, name)
-            check_same_math(data, path, train_settings(request, dataset.spec, seed, world), dataset.fingerprint)
-            resumed[name, seed] = {k: v for k, v in data.items() if k.startswith("run_")}
-    return resumed
+def remember_checkpoint(run: PlannedRun, dataset: Dataset) -> PlannedRun:
+    """A resumed run's last.pt checked against its plan (model, recipe, data) before any work; the plan with what
+    the checkpoint remembers (its MLflow run and parent)."""
+    if not run.resumes:
+        return run
+    path = run.folder / "last.pt"
+    data = read_checkpoint(path)
+    check_same_model(data, path, run.config, run.variant)
+    check_same_math(data, path, run.settings, dataset.fingerprint)
+    return replace(run, remembered={k: v for k, v in data.items() if k.startswith("run_")})
 
 
-def _parent(request: RunRequest, context: RunContext, dataset: Dataset, resumed: dict):
+def _parent(request: RunRequest, context: RunContext, dataset: Dataset, todo: list[PlannedRun]):
     if request.parent_run_id or not (context.tracking_uri and request.parent_name):
         return nullcontext(request.parent_run_id if context.tracking_uri else None)
 
     tags = provenance_tags(device_name(context.device)) | {"task": "ablate", "data_fingerprint": dataset.fingerprint}
-    known = next((saved["run_mlflow_parent"] for saved in resumed.values() if saved.get("run_mlflow_parent")), None)
+    known = next((run.remembered["run_mlflow_parent"] for run in todo if run.remembered.get("run_mlflow_parent")),
+                 None)
     return parent_run(context.tracking_uri, request.parent_name, tags, known)
 
 
@@ -242,22 +253,25 @@ class ProgressBar(TrainObserver):
         self.bar.update(0)
 
 
-def _one(request: RunRequest, context: RunContext, name: str, cfg: ModelConfig, seed: int, dataset: Dataset,
-         noisy: Evaluation, parent_id: str | None, saved: dict) -> RunOutcome:
-    settings = train_settings(request, dataset.spec, seed, context.ranks.world)
-    folder = run_folder(request, name, seed)
-    if request.overwrite and folder.exists() and context.ranks.main:
-        shutil.rmtree(folder)
-    torch.manual_seed(settings.seed)
-    model = build_model(cfg)
-    trainer = Trainer(model, cfg, name, dataset.split("train"), dataset.split("val"), settings, folder,
-                      context.device, dataset.fingerprint, context.ranks, context.workers)
-    key = run_key(cfg, settings, dataset)
-    record = _open_record(context, trainer, name, seed, dataset, parent_id, saved.get("run_mlflow_id"), key,
-                          request.recipe)
+@dataclass
+class Training:
+    """A planned run on its way: its trainer and its MLflow record (None when untracked)."""
+
+    run: PlannedRun
+    trainer: Trainer
+    record: RunRecord | None = None
+
+
+def train_one(run: PlannedRun, context: RunContext, shared: Shared) -> RunOutcome:
+    """Train one planned run, score its best checkpoint on the test split, write and log the results."""
+    if run.overwrite and run.folder.exists() and context.ranks.main:
+        shutil.rmtree(run.folder)
+    torch.manual_seed(run.seed)
+    trainer = Trainer(build_model(run.config), run, shared.dataset, context)
+    training = Training(run, trainer, _open_record(run, context, trainer, shared))
+    record = training.record
     try:
-        outcome = _train_and_score(trainer, name, cfg, seed, dataset, noisy, context,
-                                   request.resumes(name, seed), record, key)
+        outcome = _train_and_score(training, context, shared)
     except (KeyboardInterrupt, Exception) as err:
         if record is not None:
             record.end(*end_status(err))  # KILLED for an interrupt, FAILED with the error's line
@@ -265,68 +279,70 @@ def _one(request: RunRequest, context: RunContext, name: str, cfg: ModelConfig, 
                 add_kept(err, f"MLflow run {record.run_id} KILLED with its curves so far")
         raise
     if record is not None and record.error:
-        raise MbsbenchError(f"MLflow logging of {name} seed {seed} failed ({record.error}); its results are in "
-                            f"{folder / 'result.json'} and {folder / 'test'}")
+        raise MbsbenchError(f"MLflow logging of {run.label} failed ({record.error}); its results are in "
+                            f"{run.folder / 'result.json'} and {run.folder / 'test'}")
     return outcome
 
 
-def _train_and_score(trainer: Trainer, name: str, cfg: ModelConfig, seed: int, dataset: Dataset,
-                     noisy: Evaluation, context: RunContext, resume: bool, record, key: str) -> RunOutcome:
+def _train_and_score(training: Training, context: RunContext, shared: Shared) -> RunOutcome:
+    run, trainer, record = training.run, training.trainer, training.record
     total = None if trainer.total_steps == float("inf") else int(trainer.total_steps)
     main = context.ranks.main
-    with progress(total if main else 0, f"train {name} seed {seed}", "step") as bar:
+    with progress(total if main else 0, f"train {run.label}", "step") as bar:
         trainer.observers += [ProgressBar(bar), *([record] if record is not None else [])] if main else []
-        result = trainer.run(resume)
+        result = trainer.run(run.resumes)
     if not main:  # rank 0 scores, writes and logs; the others are done
-        return RunOutcome(name, seed, result, None, {})
+        return RunOutcome(run.variant, run.seed, result, None, {})
     evaluation, audio = None, []
     if result.best_path.is_file():
-        load_checkpoint(result.best_path, cfg, name, trainer.model)
-        evaluation, audio = evaluate(dataset, "test", trainer.model, context.device, with_pcs=True,
-                                     workers=context.workers, keep_audio=3, precision=trainer.s.precision)
-    outcome = RunOutcome(name, seed, result, evaluation, run_figures(cfg, result, evaluation, noisy),
-                         settings=trainer.s, folder=trainer.folder)
-    paths = write_evaluation(evaluation, trainer.folder / "test") if evaluation else {}
+        load_checkpoint(result.best_path, run.config, run.variant, trainer.model)
+        evaluation, audio = evaluate(shared.dataset, "test", trainer.model, context.device, with_pcs=True,
+                                     workers=context.workers, keep_audio=3, precision=run.settings.precision)
+    outcome = RunOutcome(run.variant, run.seed, result, evaluation,
+                         run_figures(run.config, result, evaluation, shared.noisy), settings=run.settings,
+                         folder=run.folder)
+    paths = write_evaluation(evaluation, run.folder / "test") if evaluation else {}
     outcome.run_id = record.run_id if record is not None else ""
-    write_result(trainer.folder / "result.json", outcome, key)
+    write_result(run.folder / "result.json", outcome, run.key)
     if record is not None:
         tags = {"status": result.status, "reason": result.reason[:500]}
         record.finish(outcome.figures, tags, list(paths.values()), result.best_path, audio)
     return outcome
 
 
-def _open_record(context: RunContext, trainer: Trainer, name: str, seed: int, dataset: Dataset,
-                 parent_id: str | None, known: str | None, key: str, recipe: str):
-    """The run's MLflow record: the checkpoint's own run (`known`) when resuming, else a new one; None untracked."""
+def _open_record(run: PlannedRun, context: RunContext, trainer: Trainer, shared: Shared) -> RunRecord | None:
+    """The run's MLflow record: the checkpoint's own run when resuming, else a new one; None untracked."""
     if not context.tracking_uri or not context.ranks.main:
         return None
-    budget = {"train_budget": " ".join(f"{k}={getattr(trainer.s, k)}" for k in BUDGET)}
+    budget = {"train_budget": " ".join(f"{k}={getattr(run.settings, k)}" for k in BUDGET)}
+    known = run.remembered.get("run_mlflow_id")
     try:
         if known:
             record = RunRecord.resume(context.tracking_uri, known, budget | command_tags())  # the budget may grow
         else:
-            record = RunRecord.start(context.tracking_uri, f"run {name} seed {seed}", run_tags(name, seed, dataset,
-                                     context.device) | budget | {"mbsbench.run_key": key},
-                                     run_params(trainer.cfg, trainer.s, dataset, context.device, recipe), parent_id)
+            tags = run_tags(run, shared.dataset, context.device) | budget | {"mbsbench.run_key": run.key}
+            record = RunRecord.start(context.tracking_uri, f"run {run.label}", tags,
+                                     run_params(run, shared.dataset, context.device), shared.parent_id)
     except mlflow_errors() as err:  # the store went away since it was checked: the training goes on untracked
-        warn(f"MLflow logging failed ({error_line(err, 160)}); {name} seed {seed} trains untracked, its results "
-             f"kept in {trainer.folder}")
+        warn(f"MLflow logging failed ({error_line(err, 160)}); {run.label} trains untracked, its results kept in "
+             f"{run.folder}")
         return None
-    trainer.saved_extra |= {"run_mlflow_id": record.run_id, "run_mlflow_parent": parent_id or ""}
+    trainer.saved_extra |= {"run_mlflow_id": record.run_id, "run_mlflow_parent": shared.parent_id or ""}
     return record
 
 
-def run_tags(name: str, seed: int, dataset: Dataset, device: str) -> dict:
-    return provenance_tags(device_name(device)) | {"task": "run", "variant": name, "seed": str(seed),
+def run_tags(run: PlannedRun, dataset: Dataset, device: str) -> dict:
+    return provenance_tags(device_name(device)) | {"task": "run", "variant": run.variant, "seed": str(run.seed),
                                                    "data_fingerprint": dataset.fingerprint}
 
 
-def run_params(cfg: ModelConfig, settings: TrainSettings, dataset: Dataset, device: str, recipe: str) -> dict:
+def run_params(run: PlannedRun, dataset: Dataset, device: str) -> dict:
     """The config and every setting that fixes the math (the budget is a tag: it may change on --resume)."""
+    settings = run.settings
     train = {f"train_{k}": v for k, v in asdict(settings).items() if k not in BUDGET}
-    train |= {"train_batch_per_rank": settings.batch // settings.world_size, "train_recipe": recipe}
-    scan = resolve_scan(cfg, torch.device(device), parameter_dtype(settings.precision))
-    return cfg.to_dict() | train | {"data": dataset.spec, "scan_resolved": scan}
+    train |= {"train_batch_per_rank": settings.batch // settings.world_size, "train_recipe": run.recipe}
+    scan = resolve_scan(run.config, torch.device(device), parameter_dtype(settings.precision))
+    return run.config.to_dict() | train | {"data": dataset.spec, "scan_resolved": scan}
 
 
 def run_figures(cfg: ModelConfig, result: TrainResult, evaluation: Evaluation | None, noisy: Evaluation) -> dict:

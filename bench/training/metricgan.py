@@ -17,7 +17,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from bench.quality.metrics import PesqPool
-from bench.training.distributed import SINGLE, Ranks, data_parallel
+from bench.training.distributed import data_parallel
+from bench.training.request import RunContext, TrainSettings
 from variants.config import ModelConfig
 from variants.discriminator import Discriminator
 from variants.layers import stft
@@ -36,8 +37,8 @@ def pesq_targets(scores: list[float]) -> np.ndarray:
 class MetricGAN:
     """The discriminator, its optimizer and the PESQ pool of one training run (one per rank)."""
 
-    def __init__(self, cfg: ModelConfig, lr: float, seed: int, device: str, workers: int = 0,
-                 ranks: Ranks = SINGLE):
+    def __init__(self, cfg: ModelConfig, settings: TrainSettings, context: RunContext):
+        lr, seed, device, ranks = settings.lr, settings.seed, context.device, context.ranks
         generator = torch.Generator().manual_seed(seed + 7919)  # its own init stream: the model's stays the same
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(torch.randint(2**31, (1,), generator=generator)))
@@ -45,7 +46,7 @@ class MetricGAN:
         self.net = data_parallel(self.module, ranks, device)  # several ranks: its gradients are averaged too
         self.optimizer = torch.optim.AdamW(self.module.parameters(), lr=2 * lr, foreach=True)
         self.cfg, self.seed, self.device = cfg, seed, device
-        self.pool = PesqPool(workers)
+        self.pool = PesqPool(context.workers)
         self.last: dict[str, float] = {}
 
     def _score(self, clean: Tensor, enhanced: Tensor, step: int, stream: int) -> Tensor:

@@ -7,10 +7,10 @@ an uninterrupted one would, and a rank of a data-parallel run takes its share of
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from bench.data.datasets import Pair, load_pair, rms_gain
-from bench.devices import autocast
+from bench.training.request import TrainSettings
 from variants.config import ModelConfig
 from variants.errors import MbsbenchError
 from variants.layers import stft, wrap_phase
@@ -30,11 +30,12 @@ def se_loss(est: Tensor, clean: Tensor, cfg: ModelConfig, phase_term: bool = Fal
 class CropSampler:
     """Batches of random crops, a pure function of (seed, epoch, index): resumable by construction."""
 
-    def __init__(self, pairs: list[Pair], batch: int, crop_seconds: float, seed: int, sample_rate: int):
+    def __init__(self, pairs: list[Pair], settings: TrainSettings, sample_rate: int):
+        batch = settings.batch
         if not pairs or batch > len(pairs):
             raise MbsbenchError(f"batch {batch}: the training split has {len(pairs)} utterances")
-        self.pairs, self.size, self.seed = pairs, batch, seed
-        self.crop = round(crop_seconds * sample_rate)
+        self.pairs, self.size, self.seed = pairs, batch, settings.seed
+        self.crop = round(settings.crop_seconds * sample_rate)
         self.per_epoch = max(1, len(pairs) // batch)
         self.cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
@@ -71,22 +72,3 @@ class CropSampler:
             cleans.append(clean * gain)
             noisies.append(noisy * gain)
         return torch.from_numpy(np.stack(cleans)).float(), torch.from_numpy(np.stack(noisies)).float()
-
-
-def validation_loss(model: nn.Module, pairs: list[Pair], cfg: ModelConfig, device: str, phase: bool,
-                    precision: str = "fp32") -> float:
-    """Mean loss over full validation utterances (batch 1, normalised like training)."""
-    model.eval()
-    total = 0.0
-    with torch.no_grad():
-        for pair in pairs:
-            clean, noisy = load_pair(pair)
-            gain = rms_gain(noisy)
-            dtype = next(model.parameters()).dtype
-            c = torch.from_numpy(clean * gain)[None].to(device, dtype)
-            n = torch.from_numpy(noisy * gain)[None].to(device, dtype)
-            with autocast(device, precision):
-                enhanced = model(n)
-            total += float(se_loss(enhanced.to(dtype), c, cfg, phase))
-    model.train()
-    return total / max(len(pairs), 1)

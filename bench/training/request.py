@@ -126,6 +126,33 @@ class RunContext:
     ranks: Ranks = SINGLE
 
 
+ON_THIS_CPU = RunContext()  # one process on the CPU, untracked
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    """One (variant, seed) of a request, resolved once: config, train settings, folder, run key, and what it
+    continues (the MLflow runs its checkpoint remembers) when it resumes."""
+
+    variant: str
+    config: ModelConfig
+    settings: TrainSettings
+    folder: Path
+    key: str = ""  # what makes two runs the same run (config, settings, data); '' for a study's throwaway run
+    recipe: str = "default"
+    resumes: bool = False
+    overwrite: bool = False  # its folder started over
+    remembered: dict = field(default_factory=dict)  # run_mlflow_id, run_mlflow_parent of the checkpoint
+
+    @property
+    def seed(self) -> int:
+        return self.settings.seed
+
+    @property
+    def label(self) -> str:
+        return f"{self.variant} seed {self.seed}"
+
+
 def train_settings(request: RunRequest, spec: str, seed: int, world: int = 1) -> TrainSettings:
     """Budget and recipe from the request: the reference recipe, the synth corpus's recipe (and its step budget
     when none is given), or the flags; a flag always wins over a default."""

@@ -16,16 +16,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from bench.data.datasets import Pair
+from bench.data.datasets import Dataset, load_pair, rms_gain
 from bench.devices import autocast, parameter_dtype
 from bench.interrupts import Interrupted, stop_requests
 from bench.training import distributed
-from bench.training.checkpoint import check_same_model, read_checkpoint, save_checkpoint
-from bench.training.distributed import Ranks
+from bench.training.checkpoint import check_same_model, read_checkpoint, save_checkpoint, weights
 from bench.training.metricgan import MetricGAN
-from bench.training.recipe import CropSampler, se_loss, validation_loss
-from bench.training.request import TrainSettings
-from variants.config import ModelConfig
+from bench.training.recipe import CropSampler, se_loss
+from bench.training.request import ON_THIS_CPU, PlannedRun, RunContext, TrainSettings
 from variants.errors import MbsbenchError
 
 # settings that change what the weights become: a resumed run must use the checkpoint's values
@@ -71,21 +69,20 @@ class TrainObserver:
 class Trainer:
     """Runs the budgeted loop, validating, checkpointing (best.pt, last.pt) and resuming."""
 
-    def __init__(self, model: nn.Module, cfg: ModelConfig, variant: str, train: list[Pair], val: list[Pair],
-                 settings: TrainSettings, folder: Path, device: str = "cpu", data_fingerprint: str = "",
-                 ranks: Ranks = distributed.SINGLE, metric_workers: int = 0):
+    def __init__(self, model: nn.Module, run: PlannedRun, data: Dataset, context: RunContext = ON_THIS_CPU):
+        settings, cfg, device, ranks = run.settings, run.config, context.device, context.ranks
         if settings.world_size != ranks.world:
             raise MbsbenchError(f"settings for {settings.world_size} ranks, but this world has {ranks.world}")
         self.dtype = parameter_dtype(settings.precision)
-        self.model, self.cfg, self.variant, self.s = model.to(device, self.dtype).train(), cfg, variant, settings
-        self.val, self.folder, self.device, self.fingerprint = val, Path(folder), device, data_fingerprint
+        self.model, self.cfg, self.variant, self.s = model.to(device, self.dtype).train(), cfg, run.variant, settings
+        self.val, self.folder, self.device, self.fingerprint = data.split("val"), run.folder, device, data.fingerprint
         self.ranks, self.net = ranks, distributed.data_parallel(self.model, ranks, device)
-        self.sampler = CropSampler(train, settings.batch, settings.crop_seconds, settings.seed, cfg.sample_rate)
+        self.sampler = CropSampler(data.split("train"), settings, cfg.sample_rate)
         # foreach: one multi-tensor op per update stage, not one op per parameter tensor (360 in original)
         self.optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr, foreach=True)
         self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, settings.lr_step_epochs, settings.lr_gamma)
         self.phase = settings.phase_loss and cfg.decoder == "dual_magphase"
-        self.gan = _metricgan(cfg, settings, device, ranks, metric_workers) if settings.metricgan else None
+        self.gan = MetricGAN(cfg, settings, context) if settings.metricgan else None
         self.result = TrainResult(best_path=self.folder / "best.pt", last_path=self.folder / "last.pt")
         self.observers: list[TrainObserver] = []
         self.saved_extra: dict = {}  # kept in last.pt with the state (e.g. the MLflow run id)
@@ -105,7 +102,7 @@ class Trainer:
                  "data_fingerprint": self.fingerprint} | self.saved_extra
         if self.gan is not None:
             extra["metricgan_state"] = self.gan.state()
-        save_checkpoint(self.result.last_path, self.model, self.cfg, self.variant, extra)
+        save_checkpoint(self.result.last_path, weights(self.model, self.cfg, self.variant) | extra)
         for observer in self.observers:
             observer.checkpointed(step)
 
@@ -128,16 +125,32 @@ class Trainer:
         self.saved_extra = {k: data[k] for k in data if k.startswith("run_")} | self.saved_extra
         return int(data["step"])
 
+    def validation_loss(self) -> float:
+        """Mean loss over full validation utterances (batch 1, normalised like training)."""
+        model = self.model.eval()
+        total, dtype = 0.0, next(model.parameters()).dtype
+        with torch.no_grad():
+            for pair in self.val:
+                clean, noisy = load_pair(pair)
+                gain = rms_gain(noisy)
+                c = torch.from_numpy(clean * gain)[None].to(self.device, dtype)
+                n = torch.from_numpy(noisy * gain)[None].to(self.device, dtype)
+                with autocast(self.device, self.s.precision):
+                    enhanced = model(n)
+                total += float(se_loss(enhanced.to(dtype), c, self.cfg, self.phase))
+        model.train()
+        return total / max(len(self.val), 1)
+
     def validate(self, step: int) -> None:
         if not self.ranks.main:
             return
-        loss = validation_loss(self.model, self.val, self.cfg, self.device, self.phase, self.s.precision)
+        loss = self.validation_loss()
         self.result.val_curve.append((step, loss))
         for observer in self.observers:
             observer.validated(step, loss, self.optimizer.param_groups[0]["lr"])
         if loss < self.result.best_val_loss:
             self.result.best_val_loss, self.result.best_step = loss, step
-            save_checkpoint(self.result.best_path, self.model, self.cfg, self.variant, {"step": step})
+            save_checkpoint(self.result.best_path, weights(self.model, self.cfg, self.variant) | {"step": step})
 
     def _metricgan_on(self, step: int) -> bool:
         """From half-way through the budget: half the steps (or epochs), or half the minutes."""
@@ -218,10 +231,6 @@ class Trainer:
             self.validate(step)
         if step % self.s.checkpoint_every == 0:
             self.save_last(step)
-
-
-def _metricgan(cfg: ModelConfig, settings: TrainSettings, device: str, ranks: Ranks, workers: int):
-    return MetricGAN(cfg, settings.lr, settings.seed, device, workers, ranks)
 
 
 def check_same_math(data: dict, path: Path, settings: TrainSettings, fingerprint: str) -> None:
