@@ -1,9 +1,10 @@
-"""python -m bench: list, params, profile, scan, data, evaluate, metrics, run, ablate."""
+"""python -m bench: list, params, profile, scan, plan, data, evaluate, metrics, run, ablate."""
 
 import sys
 
 from bench.cli.measure import add_measure_commands
 from bench.cli.models import add_model_commands
+from bench.cli.plan import add_plan_command
 from bench.cli.quality import add_quality_commands
 from bench.cli.run import add_run_commands
 from bench.cli.shell import make_root, run_main
@@ -15,6 +16,7 @@ def make_parser():
                               "  python -m bench run --variant optimized\n  python -m bench COMMAND --help")
     add_model_commands(sub)
     add_measure_commands(sub)
+    add_plan_command(sub)
     add_quality_commands(sub)
     add_run_commands(sub)
     return parser

@@ -29,6 +29,7 @@ from functools import lru_cache
 
 import torch
 from torch import Tensor
+from torch._subclasses.fake_tensor import is_fake
 
 from variants.errors import MbsbenchError
 
@@ -227,7 +228,7 @@ def selective_scan_triton(
     if not TRITON and not LAUNCHES["dry"]:
         raise MbsbenchError("scan='triton' needs the triton package: it ships with CUDA builds of torch; with the "
                             "CPU wheel, pip install triton (or pip install -e '.[triton]')")
-    if not u.is_cuda and not interpreted() and not LAUNCHES["dry"]:
+    if not u.is_cuda and not interpreted() and not LAUNCHES["dry"] and not is_fake(u):  # a fake one launches nothing
         raise MbsbenchError(f"scan='triton' runs on CUDA tensors (got {u.device}); on the CPU only under Triton's "
                             "interpreter: set TRITON_INTERPRET=1 (slow: for tests), or use scan=chunked_ckpt")
     y, _ = scan_forward(u, delta, A, B, C, D, h0, chunk_size)

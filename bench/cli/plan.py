@@ -1,0 +1,51 @@
+"""`bench plan`: will a training step fit on a CUDA card, predicted on any machine (no GPU)."""
+
+import argparse
+import json
+
+from bench.cli.common import above, add_command, add_format, add_variant, names, positive_int
+
+DTYPES = {"fp32": "float32", "bf16": "bfloat16"}
+
+
+def cmd_plan(args: argparse.Namespace) -> str:
+    from bench.planning.plan import CONTEXT_BYTES, MIB, card_bytes, max_batch, plan, planned_config
+    from bench.text import format_table
+    from variants.registry import build_config, parse_overrides
+
+    cards = {card: card_bytes(card) for card in args.card}  # an unknown card is refused before any trace
+    cfg = planned_config(build_config(args.variant, **parse_overrides(args.set)), args.scan)
+    dtype = DTYPES[args.precision]
+    row = {"variant": args.variant} | plan(cfg, args.batch, args.seconds, dtype)
+    for card, total in cards.items():
+        need = row["pred_cuda_peak_reserved_mib"] * MIB + CONTEXT_BYTES
+        row[f"fits_{card}"] = need <= total
+        row[f"pred_max_batch_{card}"] = max_batch(cfg, args.seconds, card, dtype)
+    if args.format == "json":
+        return json.dumps(row, indent=2)
+    figures = [{"figure": k, "value": f"{v:,.1f}" if isinstance(v, float) else str(v)} for k, v in row.items()]
+    head = (f"{args.variant}, batch {args.batch} x {args.seconds:g} s, {args.precision}, scan {cfg.scan}: predicted "
+            "CUDA figures of one training step (traced on fake tensors; the allocator is modelled, nothing ran on "
+            f"a GPU); a card holds tensors in its memory less {CONTEXT_BYTES / MIB:.0f} MiB of CUDA context")
+    lines = [head, format_table(figures, ["figure", "value"], ["value"])]
+    for card in cards:
+        verdict = "fits" if row[f"fits_{card}"] else "does not fit"
+        lines.append(f"card {card}: {verdict} at batch {args.batch}; largest batch predicted to fit: "
+                     f"{row[f'pred_max_batch_{card}']}")
+    return "\n".join(lines)
+
+
+def add_plan_command(sub) -> None:
+    p = add_command(sub, "plan", "will it fit on my GPU: predicted CUDA peaks and max batch, without a GPU",
+                    "  python -m bench plan --variant original --batch 2 --seconds 2 --card 12\n"
+                    "  python -m bench plan --variant optimized --card 24,H100 --format json", cmd_plan)
+    add_variant(p)
+    p.add_argument("--batch", type=positive_int, default=6, help="utterances per step (default 6)")
+    p.add_argument("--seconds", type=above(0.032, " s (one STFT frame)"), default=2.0,
+                   help="seconds of audio per utterance (default 2)")
+    p.add_argument("--scan", default="auto", help="the scan of the CUDA run: auto (the Triton kernels), triton, "
+                                                  "chunked_ckpt, chunked or naive (default auto)")
+    p.add_argument("--precision", choices=tuple(DTYPES), default="fp32", help="fp32 or bf16 autocast (default fp32)")
+    p.add_argument("--card", type=names, default=(), help="comma-separated cards to fit: memory in GB (12, 16, 24, "
+                                                          "40, 48, 80) or RTX3090, RTX4090, A100, H100, H200")
+    add_format(p)

@@ -1,0 +1,99 @@
+"""Will it fit: a traced step replayed through the caching-allocator model, and the largest batch per card."""
+
+from dataclasses import dataclass, replace
+
+from bench.planning.allocator import CachingAllocator
+from bench.planning.trace import CATEGORIES, AllocationLog, trace_step
+from variants.config import ModelConfig
+from variants.errors import MbsbenchError
+
+GIB, MIB = 2**30, 2**20
+# what a card has for tensors: its memory less the CUDA context and library workspaces (cuBLAS, cuDNN), which
+# PyTorch's caching allocator never sees. 0.5 GiB is an estimate for recent drivers (the context alone takes
+# 0.3-0.4 GiB); `python -m bench.doctor` on a GPU measures the card's own (outside_pool_bytes)
+CONTEXT_BYTES = GIB // 2
+CARDS = {"12": 12 * GIB, "16": 16 * GIB, "24": 24 * GIB, "40": 40 * GIB, "48": 48 * GIB, "80": 80 * GIB,
+         "RTX3090": 24 * GIB, "RTX4090": 24 * GIB, "A100": 80 * GIB, "H100": 80 * GIB, "H200": 141 * 10**9}
+PLANNED_SCANS = ("triton", "chunked_ckpt", "chunked", "naive")  # 'cuda' (mamba_ssm's kernel) has no fake form
+
+
+@dataclass(frozen=True)
+class Replay:
+    """A traced step's figures: the allocator model's peaks, the live-tensor peak, and what is live at the peak."""
+
+    peak_allocated: int
+    peak_reserved: int
+    peak_live: int  # bytes of live tensors, no allocator: what `bench profile --device cpu` measures
+    at_peak: dict[str, int]  # category -> allocated bytes at the allocated peak
+    segments: int
+
+
+def replay(log: AllocationLog) -> Replay:
+    """Every allocation and free of the log through the allocator model; peaks of the measured step only."""
+    allocator, blocks, sizes = CachingAllocator(), {}, {}
+    live = peak_live = 0
+    at_peak: dict[str, int] = {}
+    for index, (kind, key, nbytes, _) in enumerate(log.events):
+        if index == log.measured_from:
+            allocator.reset_peaks()
+            peak_live = live
+        if kind == "alloc":
+            blocks[key], sizes[key] = allocator.malloc(nbytes), nbytes
+            live += nbytes
+        elif key in blocks:
+            allocator.free(blocks.pop(key))
+            live -= sizes.pop(key)
+        if index >= log.measured_from:
+            peak_live = max(peak_live, live)
+            if allocator.allocated == allocator.peak_allocated:
+                at_peak = {}
+                for held, block in blocks.items():
+                    name = log.category.get(held, CATEGORIES[-1])
+                    at_peak[name] = at_peak.get(name, 0) + block.size
+    return Replay(allocator.peak_allocated, allocator.peak_reserved, peak_live, at_peak, allocator.segments)
+
+
+def planned_config(cfg: ModelConfig, scan: str) -> ModelConfig:
+    """The config with the scan a CUDA run would use ('auto': the Triton kernels, as on a GPU without mamba_ssm)."""
+    name = "triton" if scan == "auto" else scan
+    if name not in PLANNED_SCANS:
+        raise MbsbenchError(f"--scan {scan!r}: cannot be traced without its GPU (mamba_ssm's kernel has no fake "
+                            f"form); expected one of auto, {', '.join(PLANNED_SCANS)}")
+    return replace(cfg, scan=name)
+
+
+def plan(cfg: ModelConfig, batch: int, seconds: float, dtype: str = "float32") -> dict:
+    """Predicted CUDA figures of one training step and one inference step of `cfg` at (batch, seconds)."""
+    train, infer = (replay(trace_step(cfg, batch, seconds, mode, dtype)) for mode in ("train", "infer"))
+    row = {"batch": batch, "seconds": seconds, "dtype": dtype, "scan": cfg.scan,
+           "pred_cuda_peak_alloc_mib": train.peak_allocated / MIB,
+           "pred_cuda_peak_reserved_mib": train.peak_reserved / MIB,
+           "pred_infer_peak_alloc_mib": infer.peak_allocated / MIB,
+           "pred_infer_peak_reserved_mib": infer.peak_reserved / MIB,
+           "live_peak_train_mib": train.peak_live / MIB, "segments": train.segments}
+    return row | {f"at_peak_{name.replace(' ', '_')}_mib": train.at_peak.get(name, 0) / MIB for name in CATEGORIES}
+
+
+def card_bytes(card: str) -> int:
+    if card not in CARDS:
+        raise MbsbenchError(f"--card {card!r}: expected one of {', '.join(CARDS)}")
+    return CARDS[card]
+
+
+def fits(cfg: ModelConfig, batch: int, seconds: float, card: str, dtype: str = "float32") -> bool:
+    """Whether a training step's predicted reserved peak and the card's fixed costs fit in the card."""
+    reserved = replay(trace_step(cfg, batch, seconds, "train", dtype)).peak_reserved
+    return reserved + CONTEXT_BYTES <= card_bytes(card)
+
+
+def max_batch(cfg: ModelConfig, seconds: float, card: str, dtype: str = "float32") -> int:
+    """The largest training batch predicted to fit on the card (0: not even one utterance)."""
+    if not fits(cfg, 1, seconds, card, dtype):
+        return 0
+    low, high = 1, 2
+    while fits(cfg, high, seconds, card, dtype):
+        low, high = high, high * 2
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (middle, high) if fits(cfg, middle, seconds, card, dtype) else (low, middle)
+    return low

@@ -1,0 +1,101 @@
+"""The CUDA memory planner: the allocator model against PyTorch's rules, the tracer against the CPU's measured
+peak, and `bench plan` (issue 26)."""
+
+import json
+
+import pytest
+
+from bench.__main__ import main as bench
+from bench.planning.allocator import CachingAllocator, round_size, segment_size
+from bench.planning.plan import replay
+from bench.planning.trace import trace_step
+from bench.profiling.memory import peak_bytes
+from bench.profiling.workload import make_workload, measured_model
+from variants.registry import build_config
+
+KIB, MIB = 1024, 2**20
+
+
+@pytest.mark.parametrize(("nbytes", "rounded"), [(1, 512), (512, 512), (513, 1024), (3 * MIB + 1, 3 * MIB + 512)])
+def test_sizes_round_up_to_512_bytes(nbytes: int, rounded: int) -> None:
+    assert round_size(nbytes) == rounded
+
+
+@pytest.mark.parametrize(("nbytes", "segment"), [(512, 2 * MIB), (MIB, 2 * MIB), (MIB + 512, 20 * MIB),
+                                                 (10 * MIB - 512, 20 * MIB), (10 * MIB, 10 * MIB),
+                                                 (11 * MIB, 12 * MIB)])
+def test_segment_sizes_of_each_pool(nbytes: int, segment: int) -> None:
+    """Small requests (<= 1 MiB) take 2 MiB segments; large ones under 10 MiB 20 MiB; others round to 2 MiB."""
+    assert segment_size(nbytes) == segment
+
+
+def test_small_blocks_split_and_a_freed_block_is_reused() -> None:
+    allocator = CachingAllocator()
+    first = allocator.malloc(100)
+    second = allocator.malloc(700)  # from the rest of the same 2 MiB segment
+    assert (first.segment, first.size, second.segment, second.offset, second.size) == (0, 512, 0, 512, 1024)
+    assert (allocator.allocated, allocator.reserved, allocator.segments) == (1536, 2 * MIB, 1)
+    allocator.free(first)
+    again = allocator.malloc(200)  # best fit: the 512-byte hole, not the rest of the segment
+    assert (again.segment, again.offset) == (0, 0)
+    large = allocator.malloc(MIB + 1)  # the large pool: its own 20 MiB segment
+    assert (large.segment, large.size, allocator.reserved) == (1, MIB + 512, 22 * MIB)
+
+
+def test_large_blocks_split_only_above_one_mib_and_freed_neighbours_merge() -> None:
+    allocator = CachingAllocator()
+    whole = allocator.malloc(19 * MIB + 512)  # a 20 MiB segment, the rest (511.5 KiB) not worth a split
+    assert whole.size == 20 * MIB and allocator.allocated == 20 * MIB
+    allocator.free(whole)
+    left, right = allocator.malloc(4 * MIB), allocator.malloc(4 * MIB)  # two splits of the cached segment
+    assert allocator.segments == 1 and (left.offset, right.offset) == (0, 4 * MIB)
+    allocator.free(left)
+    allocator.free(right)  # merged with both neighbours again: one free 20 MiB block
+    big = allocator.malloc(18 * MIB)
+    assert (big.segment, big.offset, allocator.segments, allocator.peak_reserved) == (0, 0, 1, 20 * MIB)
+
+
+def test_the_tracer_replayed_without_an_allocator_is_the_cpu_measured_peak() -> None:
+    """The same step traced on fake tensors and measured on real ones (bench profile --device cpu): equal."""
+    cfg = build_config("optimized")
+    work = make_workload(measured_model(cfg, "cpu"), cfg, 2, 0.5, "cpu", "float32")
+    work.train()
+    measured = peak_bytes(work.train, work.resident(), "cpu")
+    predicted = replay(trace_step(cfg, 2, 0.5)).peak_live
+    assert abs(predicted - measured) <= 0.02 * measured, (predicted, measured)
+
+
+def test_plan_prints_every_figure_as_json(capsys: pytest.CaptureFixture) -> None:
+    assert bench(["plan", "--variant", "optimized", "--batch", "1", "--seconds", "0.5", "--format", "json"]) == 0
+    row = json.loads(capsys.readouterr().out)
+    assert row["scan"] == "triton" and row["pred_cuda_peak_reserved_mib"] >= row["pred_cuda_peak_alloc_mib"] > 0
+    assert row["pred_cuda_peak_alloc_mib"] >= row["live_peak_train_mib"]  # blocks round up, never down
+    parts = sum(v for k, v in row.items() if k.startswith("at_peak_"))
+    assert parts == pytest.approx(row["pred_cuda_peak_alloc_mib"])
+
+
+def test_the_largest_batch_that_fits_a_card(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    from bench.planning import plan
+
+    monkeypatch.setitem(plan.CARDS, "1", 2**30)
+    tiny = ["--variant", "optimized", "--set", "feature_dim=16", "--set", "temporal_layers=1", "--seconds", "0.5"]
+    assert bench(["plan", *tiny, "--batch", "2", "--card", "1", "--format", "json"]) == 0
+    row = json.loads(capsys.readouterr().out)
+    best = row["pred_max_batch_1"]
+    cfg = plan.planned_config(build_config("optimized", feature_dim=16, temporal_layers=1), "auto")
+    assert best >= 2 and row["fits_1"] and plan.fits(cfg, best, 0.5, "1") and not plan.fits(cfg, best + 1, 0.5, "1")
+
+
+@pytest.mark.parametrize(("argv", "fragment"), [
+    (["--card", "13"], "--card '13': expected one of 12, 16"),
+    (["--batch", "0"], "--batch 0: expected an integer >= 1"),
+    (["--scan", "cuda"], "--scan 'cuda': cannot be traced without its GPU"),
+])
+def test_plan_bad_input_is_one_line(argv: list[str], fragment: str, capsys: pytest.CaptureFixture) -> None:
+    try:
+        code = bench(["plan", "--variant", "optimized", *argv])
+    except SystemExit as exit_:
+        code = exit_.code
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and fragment in err[0], err
