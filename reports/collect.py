@@ -10,7 +10,8 @@ from bench.tracking.schema import EXPERIMENTS, PAPER_METRICS
 from bench.tracking.store import experiment_runs
 from variants.errors import MbsbenchError
 
-PROFILE = ("params_m", "macs_g_per_s", "peak_mem_train_mib", "max_batch_train", "rtf_infer", "train_step_s")
+PROFILE = ("params_m", "macs_g_per_s", "peak_mem_train_mib", "max_batch_train", "rtf_infer", "train_step_s",
+           "pred_cuda_peak_alloc_mib", "pred_cuda_peak_reserved_mib", "pred_max_batch_cuda")
 
 
 @dataclass

@@ -226,6 +226,18 @@ def claims_table(store: Store) -> Table:
             return "-", f"{text} on {_quality_conditions(qual, variant)}: not VoiceBank+DEMAND"
         return text, _quality_conditions(qual, variant)
 
+    def predicted(variant: str, key: str, wanted: Conditions, unit: str = "", scale: float = 1.0):
+        """bench plan's prediction for a CUDA card of the claim's budget (profiles made with --predict)."""
+        value = _value(prof, variant, key) / scale
+        if value != value:
+            return "-", "not predicted (bench profile --predict)"
+        p = prof.loc[variant]
+        text = cell(value, digits=0 if not unit else 2) + unit
+        where = (f"predicted by bench plan (allocator model, Triton scan) at batch {p['run_batch']}, "
+                 f"{p['run_seconds']} s, a {p['run_budget_gb']} GiB card")
+        ok = _profile_matches(prof, variant, replace(wanted, gpu=False)) and float(p["run_budget_gb"]) == 12
+        return (text, where) if ok else ("-", f"{text} {where}: not the claim's conditions")
+
     def params(variant: str) -> tuple[str, str]:  # the same on any machine: no condition to match
         p = prof.loc[variant] if variant in prof.index else None
         value = _figure(p, qual.loc[variant] if variant in qual.index else None, "params_m")
@@ -241,10 +253,14 @@ def claims_table(store: Store) -> Table:
         ("original parameters", "author (measured)", "7.33M", params("original")),
         ("original out of memory at batch 2", "author (measured), 12 GB GPU, 2 s crops", "max batch < 2",
          measured("original", "max_batch_train", 0, gpu_2s)),
+        ("original out of memory at batch 2 (predicted)", "author (measured), 12 GB GPU, 2 s crops",
+         "max batch < 2", predicted("original", "pred_max_batch_cuda", Conditions(seconds=2.0))),
         ("optimized parameters", "proposal", "2.3M", params("optimized")),
         ("chunked scan: 33x less memory", "proposal, training", "33x", ratio_cells),
         ("optimized: ~4 GB at batch 6-8", "proposal, GPU, 2 s crops", "~4 GiB",
          measured("optimized", "peak_mem_train_mib", 2, Conditions(True, (6, 8), 2.0), " GiB", 1024)),
+        ("optimized: ~4 GB at batch 6-8 (predicted)", "proposal, GPU, 2 s crops", "~4 GiB",
+         predicted("optimized", "pred_cuda_peak_reserved_mib", Conditions(False, (6, 8), 2.0), " GiB", 1024)),
         ("optimized: batch 6-8 fits", "proposal, 12 GB GPU, 2 s crops", "6-8",
          measured("optimized", "max_batch_train", 0, gpu_2s)),
         ("optimized PESQ (expected, never measured)", "proposal, VoiceBank+DEMAND", "3.50-3.65", quality("optimized")),

@@ -83,7 +83,8 @@ def test_the_largest_batch_that_fits_a_card(monkeypatch: pytest.MonkeyPatch, cap
     row = json.loads(capsys.readouterr().out)
     best = row["pred_max_batch_1"]
     cfg = plan.planned_config(build_config("optimized", feature_dim=16, temporal_layers=1), "auto")
-    assert best >= 2 and row["fits_1"] and plan.fits(cfg, best, 0.5, "1") and not plan.fits(cfg, best + 1, 0.5, "1")
+    card = plan.card_bytes("1")
+    assert best >= 2 and row["fits_1"] and plan.fits(cfg, best, 0.5, card) and not plan.fits(cfg, best + 1, 0.5, card)
 
 
 @pytest.mark.parametrize(("argv", "fragment"), [
@@ -99,3 +100,37 @@ def test_plan_bad_input_is_one_line(argv: list[str], fragment: str, capsys: pyte
     assert code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and fragment in err[0], err
+
+
+def test_the_claims_table_sets_a_prediction_beside_the_claim_under_its_conditions() -> None:
+    """'OOM at batch 2 on a 12 GB card' and '~4 GB at batch 6-8' beside bench plan's predictions, marked
+    predicted; a prediction for other conditions is '-' with its figure kept."""
+    import pandas as pd
+
+    from reports.collect import Store
+    from reports.tables import claims_table
+
+    def profile(variant: str, batch: int, seconds: float, **metrics) -> dict:
+        return {"tags.variant": variant, "start_time": len(variant), "status": "FINISHED", "tags.device": "CPU x",
+                "params.run_batch": str(batch), "params.run_seconds": str(seconds), "params.run_device": "CPU x",
+                "params.run_budget_gb": "12.0", **{f"metrics.{k}": v for k, v in metrics.items()}}
+
+    profiles = pd.DataFrame([profile("original", 2, 2.0, pred_max_batch_cuda=4.0),
+                             profile("optimized", 6, 1.0, pred_cuda_peak_reserved_mib=3072.0)])
+    table = claims_table(Store("sqlite:///x.db", profiles, pd.DataFrame(), pd.DataFrame(), pd.DataFrame()))
+    rows = {row[0]: row for row in table.rows}
+    oom = rows["original out of memory at batch 2 (predicted)"]
+    assert oom[3] == "4" and oom[4].startswith("predicted by bench plan") and "a 12.0 GiB card" in oom[4]
+    memory = rows["optimized: ~4 GB at batch 6-8 (predicted)"]
+    assert memory[3] == "-" and memory[4].startswith("3.00 GiB predicted") and "not the claim's conditions" in memory[4]
+
+
+def test_a_profile_row_carries_the_prediction() -> None:
+    """bench profile --predict: the plan's peaks at the row's batch and length, and the max batch in its budget."""
+    from bench.planning.plan import predicted_cuda
+    from bench.profiling.workload import ProfileSettings
+
+    cfg = build_config("optimized", feature_dim=16, temporal_layers=1)
+    row = predicted_cuda(cfg, ProfileSettings(batch=1, seconds=0.2, budget_gb=0.05))
+    assert row["pred_cuda_peak_reserved_mib"] >= row["pred_cuda_peak_alloc_mib"] > 0
+    assert row["pred_max_batch_cuda"] >= 1  # the search itself: test_the_largest_batch_that_fits_a_card

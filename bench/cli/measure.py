@@ -41,7 +41,8 @@ def profile_settings(args: argparse.Namespace, device: str, **fixed):
     values = {"batch": args.batch, "seconds": args.seconds, "dtype": args.dtype, "budget_gb": args.budget_gb,
               "lengths": args.lengths or (), "repeats": args.repeats, "rss": not args.no_rss,
               "ops_only": getattr(args, "ops_only", False),
-              "strict_timing": getattr(args, "strict_timing", False)} | fixed
+              "strict_timing": getattr(args, "strict_timing", False),
+              "predict": getattr(args, "predict", False)} | fixed
     return ProfileSettings(device=device, **values)
 
 
@@ -193,6 +194,9 @@ def add_profile_flags(p: argparse.ArgumentParser, batch: int = 6, seconds: float
                                                                       "e.g. 1,2,4,8")
     p.add_argument("--repeats", type=positive_int, default=3, help="timed repeats after one warm-up (default 3)")
     p.add_argument("--no-rss", action="store_true", help="skip the fresh-process peak RSS measurement")
+    p.add_argument("--predict", action="store_true", help="also bench plan's predicted CUDA peaks (Triton scan) at "
+                                                          "--batch and --seconds and max batch within --budget-gb "
+                                                          "(a few seconds more per variant, no GPU needed)")
 
 
 def add_ops_flag(p: argparse.ArgumentParser) -> None:

@@ -20,7 +20,7 @@ def cmd_plan(args: argparse.Namespace) -> str:
     for card, total in cards.items():
         need = row["pred_cuda_peak_reserved_mib"] * MIB + CONTEXT_BYTES
         row[f"fits_{card}"] = need <= total
-        row[f"pred_max_batch_{card}"] = max_batch(cfg, args.seconds, card, dtype)
+        row[f"pred_max_batch_{card}"] = max_batch(cfg, args.seconds, total, dtype)
     if args.format == "json":
         return json.dumps(row, indent=2)
     figures = [{"figure": k, "value": f"{v:,.1f}" if isinstance(v, float) else str(v)} for k, v in row.items()]

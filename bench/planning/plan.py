@@ -74,26 +74,72 @@ def plan(cfg: ModelConfig, batch: int, seconds: float, dtype: str = "float32") -
     return row | {f"at_peak_{name.replace(' ', '_')}_mib": train.at_peak.get(name, 0) / MIB for name in CATEGORIES}
 
 
+def predicted_cuda(cfg: ModelConfig, settings) -> dict:
+    """A profile's predicted CUDA figures (ProfileSettings: batch, seconds, dtype, budget_gb), Triton's scan."""
+    planned = planned_config(cfg, "auto")
+    row = plan(planned, settings.batch, settings.seconds, settings.dtype)
+    budget = int(settings.budget_gb * GIB) + CONTEXT_BYTES  # the budget is what tensors may take
+    return {"pred_cuda_peak_alloc_mib": row["pred_cuda_peak_alloc_mib"],
+            "pred_cuda_peak_reserved_mib": row["pred_cuda_peak_reserved_mib"],
+            "pred_max_batch_cuda": max_batch(planned, settings.seconds, budget, settings.dtype)}
+
+
 def card_bytes(card: str) -> int:
     if card not in CARDS:
         raise MbsbenchError(f"--card {card!r}: expected one of {', '.join(CARDS)}")
     return CARDS[card]
 
 
-def fits(cfg: ModelConfig, batch: int, seconds: float, card: str, dtype: str = "float32") -> bool:
-    """Whether a training step's predicted reserved peak and the card's fixed costs fit in the card."""
-    reserved = replay(trace_step(cfg, batch, seconds, "train", dtype)).peak_reserved
-    return reserved + CONTEXT_BYTES <= card_bytes(card)
+def reserved_bytes(cfg: ModelConfig, batch: int, seconds: float, dtype: str = "float32") -> int:
+    """The predicted reserved peak of a training step."""
+    return replay(trace_step(cfg, batch, seconds, "train", dtype)).peak_reserved
 
 
-def max_batch(cfg: ModelConfig, seconds: float, card: str, dtype: str = "float32") -> int:
-    """The largest training batch predicted to fit on the card (0: not even one utterance)."""
-    if not fits(cfg, 1, seconds, card, dtype):
+def fits(cfg: ModelConfig, batch: int, seconds: float, card: int, dtype: str = "float32") -> bool:
+    """Whether a training step's predicted reserved peak and the fixed costs fit in a card of `card` bytes."""
+    return reserved_bytes(cfg, batch, seconds, dtype) + CONTEXT_BYTES <= card
+
+
+def max_batch(cfg: ModelConfig, seconds: float, card: int, dtype: str = "float32") -> int:
+    """The largest training batch predicted to fit on the card (0: not even one utterance).
+
+    Memory grows about linearly with the batch: secant steps from batches 1 and 2 land near the answer,
+    then traces gallop away from it until it is bracketed and bisect: about 10 traces, not 25.
+    """
+    room = card - CONTEXT_BYTES
+    known: dict[int, int] = {}
+
+    def reserved(batch: int) -> int:
+        if batch not in known:
+            known[batch] = reserved_bytes(cfg, batch, seconds, dtype)
+        return known[batch]
+
+    if reserved(1) > room:
         return 0
-    low, high = 1, 2
-    while fits(cfg, high, seconds, card, dtype):
-        low, high = high, high * 2
+    (b0, r0), b1 = (1, reserved(1)), 2
+    for _ in range(4):  # secant steps on reserved(batch) = room
+        r1 = reserved(b1)
+        guess = max(1, b1 + int((room - r1) * (b1 - b0) // max(r1 - r0, 1)))
+        if guess == b1:
+            break
+        (b0, r0), b1 = (b1, r1), guess
+    return _bracket(b1, lambda batch: reserved(batch) <= room)
+
+
+def _bracket(guess: int, fit) -> int:
+    """The largest batch for which fit() holds (fit(1) does, and it holds below any batch it holds for)."""
+    step = 1
+    if fit(guess):
+        low = guess
+        while fit(low + step):
+            low, step = low + step, step * 2
+        high = low + step
+    else:
+        high = guess
+        while not fit(max(1, high - step)):
+            high, step = max(1, high - step), step * 2
+        low = max(1, high - step)
     while high - low > 1:
         middle = (low + high) // 2
-        low, high = (middle, high) if fits(cfg, middle, seconds, card, dtype) else (low, middle)
+        low, high = (middle, high) if fit(middle) else (low, middle)
     return low

@@ -10,6 +10,7 @@ import torch
 from bench.console import status
 from bench.devices import device_name
 from bench.interrupts import ignore_interrupts
+from bench.planning.plan import predicted_cuda
 from bench.profiling.contention import timing_conditions
 from bench.profiling.instruments import MIB
 from bench.profiling.macs import count_macs
@@ -70,6 +71,9 @@ def profile_variant(name: str, cfg: ModelConfig, settings: ProfileSettings) -> d
     status(f"  peak memory of a training and an inference step, max batch in {s.budget_gb} GiB ...")
     memory, fitted = _memory_figures(model, cfg, s)
     out |= memory
+    if s.predict:
+        status(f"  predicted CUDA peaks and max batch in {s.budget_gb} GiB (bench plan) ...")
+        out |= predicted_cuda(cfg, s)
     if torch.device(s.device).type == "cpu" and s.rss:
         status("  peak RSS in fresh processes ...")
         for mode in ("train", "infer"):

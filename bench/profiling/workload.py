@@ -29,6 +29,7 @@ class ProfileSettings:
     rss: bool = True
     ops_only: bool = False  # parameters, MACs and op counts only (no step is timed or measured)
     strict_timing: bool = False  # a row timed while other processes used half a core or more is refused
+    predict: bool = False  # also the planner's predicted CUDA peaks and max batch within budget_gb (bench plan)
 
     def __post_init__(self) -> None:
         if self.batch < 1:

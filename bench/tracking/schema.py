@@ -39,6 +39,7 @@ PROFILE_FIGURES: tuple[str, ...] = (
     "infer_step_min_s", "infer_step_max_s", "rtf_infer", "infer_audio_s_per_s", "train_step_s", "train_step_min_s",
     "train_step_max_s", "rtf_train", "train_audio_s_per_s", "ops_train_step", "ops_infer_step",
     "triton_launches_train_step", "triton_launches_infer_step", "timing_other_cores",
+    "pred_cuda_peak_alloc_mib", "pred_cuda_peak_reserved_mib", "pred_max_batch_cuda",
 )
 PROFILE_CONDITIONS: tuple[str, ...] = (
     "device", "batch", "seconds", "dtype", "budget_gb", "repeats", "warmup", "threads", "max_batch_method", "ops_only",
