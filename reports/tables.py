@@ -71,22 +71,36 @@ def _ordered(names) -> list[str]:
 
 def main_table(store: Store) -> Table:
     profiles, quality, pcs = latest_profiles(store), quality_by_variant(store), quality_by_variant(store, pcs=True)
+    predicted = PREDICTED if _any_predicted(profiles) else ()
     header = ["Variant", "Params (M)", "MACs (G/s)", "Peak train (MiB)", "Max batch", "RTF"]
-    header += [LABELS[q] for q in QUALITY] + ["PESQ+PCS"]
+    header += [title for _, title in predicted] + [LABELS[q] for q in QUALITY] + ["PESQ+PCS"]
     rows = []
     noisy = noisy_quality(store)
     if noisy:
-        rows.append(["noisy input", "-", "-", "-", "-", "-"] + [cell(noisy[q]) for q in QUALITY] + ["-"])
+        rows.append(["noisy input", *["-"] * (5 + len(predicted))] + [cell(noisy[q]) for q in QUALITY] + ["-"])
     for name in _ordered(list(profiles.index) + list(quality.index)):
         p = profiles.loc[name] if name in profiles.index else None
         q = quality.loc[name] if name in quality.index else None
         row = [name] + [cell(_figure(p, q, k), digits=d) for k, d in
                         (("params_m", 3), ("macs_g_per_s", 2), ("peak_mem_train_mib", 0), ("max_batch_train", 0),
                          ("rtf_infer", 3))]
+        row += [cell(p[key] if p is not None and key in p else math.nan, digits=0) for key, _ in predicted]
         row += [cell(q[k], q[f"{k}_ci"]) if q is not None else "-" for k in QUALITY]
         row.append(cell(pcs.loc[name]["pesq_wb"], pcs.loc[name]["pesq_wb_ci"]) if q is not None else "-")
         rows.append(row)
-    return Table("main", _main_caption(profiles, quality), header, rows, **reproduce(store))
+    caption = _main_caption(profiles, quality) + (" Pred.: predicted by bench plan for a CUDA card of the profile's "
+                                                  "budget (allocator model, Triton scan; no GPU ran)."
+                                                  if predicted else "")
+    return Table("main", caption, header, rows, **reproduce(store))
+
+
+# bench profile --predict's columns, shown when some profile has them
+PREDICTED = (("pred_cuda_peak_reserved_mib", "Pred. CUDA reserved (MiB)"), ("pred_max_batch_cuda", "Pred. max batch"))
+
+
+def _any_predicted(profiles: pd.DataFrame) -> bool:
+    columns = [column for column, _ in PREDICTED if column in profiles]
+    return bool(columns) and bool(profiles[columns].notna().any().any())
 
 
 def _figure(profile: pd.Series | None, quality: pd.Series | None, key: str) -> float:

@@ -1,6 +1,7 @@
 """Will it fit: a traced step replayed through the caching-allocator model, and the largest batch per card."""
 
 from dataclasses import dataclass, replace
+from functools import lru_cache
 
 from bench.planning.allocator import CachingAllocator
 from bench.planning.trace import CATEGORIES, AllocationLog, trace_step
@@ -62,9 +63,15 @@ def planned_config(cfg: ModelConfig, scan: str) -> ModelConfig:
     return replace(cfg, scan=name)
 
 
+@lru_cache(maxsize=256)
+def replayed(cfg: ModelConfig, batch: int, seconds: float, mode: str, dtype: str) -> Replay:
+    """replay(trace_step(...)), once per distinct step: a plan and its max-batch search share traces."""
+    return replay(trace_step(cfg, batch, seconds, mode, dtype))
+
+
 def plan(cfg: ModelConfig, batch: int, seconds: float, dtype: str = "float32") -> dict:
     """Predicted CUDA figures of one training step and one inference step of `cfg` at (batch, seconds)."""
-    train, infer = (replay(trace_step(cfg, batch, seconds, mode, dtype)) for mode in ("train", "infer"))
+    train, infer = (replayed(cfg, batch, seconds, mode, dtype) for mode in ("train", "infer"))
     row = {"batch": batch, "seconds": seconds, "dtype": dtype, "scan": cfg.scan,
            "pred_cuda_peak_alloc_mib": train.peak_allocated / MIB,
            "pred_cuda_peak_reserved_mib": train.peak_reserved / MIB,
@@ -92,7 +99,7 @@ def card_bytes(card: str) -> int:
 
 def reserved_bytes(cfg: ModelConfig, batch: int, seconds: float, dtype: str = "float32") -> int:
     """The predicted reserved peak of a training step."""
-    return replay(trace_step(cfg, batch, seconds, "train", dtype)).peak_reserved
+    return replayed(cfg, batch, seconds, "train", dtype).peak_reserved
 
 
 def fits(cfg: ModelConfig, batch: int, seconds: float, card: int, dtype: str = "float32") -> bool:
