@@ -84,3 +84,17 @@ def interrupt_once() -> StopRequest:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, handle)
     return stop
+
+
+@contextmanager
+def signals_deferred() -> Iterator[None]:
+    """SIGINT and SIGTERM held back while the block runs and delivered as it ends: a step that must not be cut
+    in two (a trial taken from a queue, and the variable that holds it). Main thread only; elsewhere a no-op."""
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from bench.data.datasets import check_spec
-from bench.interrupts import Interrupted, add_kept
+from bench.interrupts import Interrupted, add_kept, signals_deferred
 from bench.invocation import commanded_by
 from bench.tracking.store import client
 from bench.training.request import check_writable
@@ -114,18 +114,25 @@ def work(name: str, storage: StorageSettings, worker: Worker, stop=None) -> Work
     check_worker(spec, worker.out)
     study = optuna.load_study(study_name=name, storage=study._storage, sampler=sampler_for(spec, worker.index))
     run = trial_function(spec, worker)
+    creator = study.user_attrs.get(COMMAND_ATTR, "")  # read once: no storage round trip once a trial is taken
     report = WorkReport()
     while worker.max_trials is None or report.ran < worker.max_trials:
+        trial = None
         try:
-            trial = _next(study, spec, storage)
+            with signals_deferred():  # a trial taken is a trial held: an interrupt comes once it is in hand
+                trial = _next(study, spec, storage)
         except storage_errors() as err:
             raise unreachable(storage, err, "no trial was in its hands") from None
+        except KeyboardInterrupt as err:
+            if trial is not None:
+                _interrupted(study, trial, storage, err)
+            raise
         if trial is None:
             if spec.sampler == "grid" and not storage.is_journal and others_running(study):
                 time.sleep(min(storage.heartbeat_s, POLL_S))  # a running trial may go stale and come back
                 continue
             break
-        with commanded_by(study.user_attrs.get(COMMAND_ATTR, "")):  # the runs made for the study's creator
+        with commanded_by(creator):  # the runs made for the study's creator
             report.add(run_trial(study, trial, run, storage), trial.number)
         if stop is not None and stop.requested:
             raise Interrupted(f"stopped after trial {trial.number}", stop.signum)
@@ -164,6 +171,10 @@ def run_trial(study, trial, run, storage: StorageSettings) -> str:
             return _run_and_tell(study, trial, run, storage)
     except storage_errors() as err:
         raise _storage_lost(study, trial, storage, err) from None
+    except KeyboardInterrupt as err:  # before the objective began or after it ended: the trial is still ours
+        if study._storage.get_trial(trial._trial_id).state.name == "RUNNING":
+            _interrupted(study, trial, storage, err)
+        raise
 
 
 def _storage_lost(study, trial, storage: StorageSettings, err: BaseException) -> MbsbenchError:
@@ -198,10 +209,7 @@ def _run_and_tell(study, trial, run, storage: StorageSettings) -> str:
     except TrialFailedError as err:
         return _fail(study, trial, str(err))
     except KeyboardInterrupt as err:
-        _fail(study, trial, INTERRUPTED)
-        requeue(study, study._storage.get_trial(trial._trial_id), storage)
-
-        add_kept(err, f"trial {trial.number} of study {study.study_name!r} marked interrupted and queued again")
+        _interrupted(study, trial, storage, err)
         raise
     except (MbsbenchError, OSError) as err:  # this machine's problem (data, disk, folder), not the trial's
         _fail(study, trial, f"{PUT_BACK}: {error_line(err, 400)}")
@@ -212,6 +220,13 @@ def _run_and_tell(study, trial, run, storage: StorageSettings) -> str:
         return _fail(study, trial, error_line(err, 400))
     study.tell(trial, list(values))
     return "COMPLETE"
+
+
+def _interrupted(study, trial, storage: StorageSettings, err: KeyboardInterrupt) -> None:
+    """A trial an interrupt stopped: failed 'interrupted' and queued again, and the interrupt says so."""
+    _fail(study, trial, INTERRUPTED)
+    requeue(study, study._storage.get_trial(trial._trial_id), storage)
+    add_kept(err, f"trial {trial.number} of study {study.study_name!r} marked interrupted and queued again")
 
 
 def _fail(study, trial, reason: str) -> str:
