@@ -6,6 +6,8 @@ Results go to stdout; everything here goes to stderr, so piping a command's outp
 import logging
 import sys
 
+from tqdm import tqdm
+
 QUIET, NORMAL, VERBOSE = -1, 0, 1
 _level = NORMAL
 
@@ -33,8 +35,6 @@ def warn(message: str) -> None:
 
 def progress(total: int | None, desc: str, unit: str):
     """A tqdm bar on stderr: hidden with -q, and when stderr is not a terminal."""
-    from tqdm import tqdm
-
     return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, disable=True if _level == QUIET else None)
 
 

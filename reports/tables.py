@@ -6,6 +6,7 @@ import tempfile
 from dataclasses import dataclass, replace
 
 import pandas as pd
+from scipy.stats import wilcoxon
 
 from bench.tracking.schema import METRIC_LABELS as LABELS
 from bench.tracking.schema import PAPER_METRICS as QUALITY
@@ -141,8 +142,6 @@ def _per_utterance(store: Store, variant: str) -> pd.DataFrame | None:
 
 def paired_test(base: pd.DataFrame | None, other: pd.DataFrame | None, name: str) -> tuple[float, float]:
     """Mean difference (other - base) over common utterances and the Wilcoxon signed-rank p-value."""
-    from scipy.stats import wilcoxon
-
     if base is None or other is None or name not in base or name not in other:
         return math.nan, math.nan
     both = pd.concat([base[name], other[name]], axis=1, keys=["a", "b"]).dropna()

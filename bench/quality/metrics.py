@@ -14,6 +14,9 @@ from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 import pandas as pd
+from pesq import pesq
+from pystoi import stoi
+from threadpoolctl import threadpool_limits
 
 from bench.interrupts import ignore_interrupts
 from bench.quality.composite import composite
@@ -25,8 +28,6 @@ RATE = 16000
 
 def pesq_wb(clean: np.ndarray, enhanced: np.ndarray) -> tuple[float, str]:
     """Wideband PESQ (ITU-T P.862.2) MOS-LQO, or NaN and the scorer's reason."""
-    from pesq import pesq
-
     try:
         return float(pesq(RATE, clean, enhanced, "wb")), ""
     except Exception as err:  # the package raises its own error classes for unscorable input
@@ -35,8 +36,6 @@ def pesq_wb(clean: np.ndarray, enhanced: np.ndarray) -> tuple[float, str]:
 
 def stoi_pair(clean: np.ndarray, enhanced: np.ndarray, extended: bool) -> tuple[float, str]:
     """STOI or ESTOI; NaN when there are too few active frames (pystoi would return 1e-5 or 0)."""
-    from pystoi import stoi
-
     name = "estoi" if extended else "stoi"
     if not np.any(clean):  # pystoi keeps every frame of a silent reference and returns a silent 0
         return math.nan, f"{name}: not enough active (non-silent) frames: silent reference"
@@ -112,8 +111,6 @@ def _score_item(item: tuple) -> dict:
 def _single_threaded() -> None:
     """Each metric process uses one core (BLAS threads on these small arrays only oversubscribe the machine)
     and leaves Ctrl-C to the parent, which stops the pool and reports once."""
-    from threadpoolctl import threadpool_limits
-
     ignore_interrupts()
     threadpool_limits(1)
 
@@ -124,8 +121,6 @@ def score_many(items: Iterable[tuple[str, np.ndarray, np.ndarray]], workers: int
     jobs = [(key, c, e, compat) for key, c, e in items]
     workers = workers or multiprocessing.cpu_count()
     if workers == 1 or len(jobs) < 2:
-        from threadpoolctl import threadpool_limits
-
         results = []
         with threadpool_limits(1):
             for job in jobs:

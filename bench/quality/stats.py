@@ -3,12 +3,11 @@
 import math
 
 import pandas as pd
+from scipy.stats import t as student_t
 
 
 def mean_ci(values: pd.Series) -> tuple[float, float, int]:
     """Mean, 95% CI half-width (Student t; NaN for fewer than two values) and n of the non-missing values."""
-    from scipy.stats import t as student_t
-
     values = values.dropna().astype(float)
     n = len(values)
     if n == 0:

@@ -7,6 +7,8 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
+import soundfile as sf
+
 from bench.console import status
 from bench.profiling.params import param_table_text
 from bench.tracking.schema import EXPERIMENTS, PROFILE_CONDITIONS, PROFILE_FIGURES
@@ -122,8 +124,6 @@ def record_evaluation(uri: str, result, paths: dict, audio: list, info: dict) ->
 
 def log_wavs(run: Run, audio: list, folder_name: str = "enhanced") -> None:
     """A few enhanced utterances as 16 kHz wav artifacts."""
-    import soundfile as sf
-
     if not audio:
         return
     with tempfile.TemporaryDirectory() as folder:
