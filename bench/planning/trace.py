@@ -11,9 +11,8 @@ from dataclasses import dataclass, field
 
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_flatten
 
+from bench.profiling.instruments import TensorOutputs
 from bench.profiling.workload import make_workload
 from variants.config import ModelConfig
 from variants.registry import build_model
@@ -56,19 +55,6 @@ class AllocationLog:
                 self.category[self._number(tensor.untyped_storage())] = category
 
 
-class _Recorder(TorchDispatchMode):
-    def __init__(self, log: AllocationLog):
-        super().__init__()
-        self.log = log
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for item in tree_flatten(out)[0]:
-            if isinstance(item, torch.Tensor):
-                self.log.add(item)
-        return out
-
-
 def trace_step(cfg: ModelConfig, batch: int, seconds: float, mode: str = "train",
                dtype: str = "float32") -> AllocationLog:
     """The allocation log of building the workload, a warm-up step and the measured `mode` step.
@@ -78,7 +64,7 @@ def trace_step(cfg: ModelConfig, batch: int, seconds: float, mode: str = "train"
     CUDA scan, whose fake implementation gives its outputs' shapes).
     """
     log = AllocationLog()
-    with FakeTensorMode(), _Recorder(log):
+    with FakeTensorMode(), TensorOutputs(log.add):
         torch.manual_seed(0)
         model = build_model(cfg)
         log.label(model.parameters(), "parameters")

@@ -68,7 +68,22 @@ class _StorageLedger:
         self.peak = max(self.peak, self.current)
 
 
-class LiveTensorPeak(TorchDispatchMode):
+class TensorOutputs(TorchDispatchMode):
+    """Calls `seen(tensor)` with every tensor an op returns, the op running as it would."""
+
+    def __init__(self, seen: Callable[[torch.Tensor], None]) -> None:
+        super().__init__()
+        self.seen = seen
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for item in tree_flatten(out)[0]:
+            if isinstance(item, torch.Tensor):
+                self.seen(item)
+        return out
+
+
+class LiveTensorPeak(TensorOutputs):
     """Peak bytes of live tensor storages while active (CPU or CUDA, any allocator).
 
     Every op's outputs are recorded; a storage stops counting when it is freed. Storages that
@@ -76,8 +91,8 @@ class LiveTensorPeak(TorchDispatchMode):
     """
 
     def __init__(self, baseline: Iterable[torch.Tensor] = ()) -> None:
-        super().__init__()
         self.ledger = _StorageLedger()
+        super().__init__(self.ledger.add)
         for tensor in baseline:
             self.ledger.add(tensor)
 
@@ -88,13 +103,6 @@ class LiveTensorPeak(TorchDispatchMode):
     @property
     def current_bytes(self) -> int:
         return self.ledger.current
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for item in tree_flatten(out)[0]:
-            if isinstance(item, torch.Tensor):
-                self.ledger.add(item)
-        return out
 
 
 class SavedTensorBytes:
