@@ -171,7 +171,7 @@ def run_trial(study, trial, run, storage: StorageSettings) -> str:
             return _run_and_tell(study, trial, run, storage)
     except storage_errors() as err:
         raise _storage_lost(study, trial, storage, err) from None
-    except KeyboardInterrupt as err:  # before the objective began or after it ended: the trial is still ours
+    except KeyboardInterrupt as err:  # in the objective, or before or after it: a trial still running is ours
         if study._storage.get_trial(trial._trial_id).state.name == "RUNNING":
             _interrupted(study, trial, storage, err)
         raise
@@ -184,8 +184,7 @@ def _storage_lost(study, trial, storage: StorageSettings, err: BaseException) ->
     deadline = time.monotonic() + max(storage.grace_s, 10)
     while time.monotonic() < deadline:
         try:
-            _fail(study, trial, reason)
-            requeue(study, study._storage.get_trial(trial._trial_id), storage, counted=False)
+            _put_back(study, trial, storage, reason)
             return unreachable(storage, err, f"trial {trial.number} failed with that reason and queued again")
         except storage_errors():
             time.sleep(1)
@@ -208,12 +207,8 @@ def _run_and_tell(study, trial, run, storage: StorageSettings) -> str:
         return "PRUNED"
     except TrialFailedError as err:
         return _fail(study, trial, str(err))
-    except KeyboardInterrupt as err:
-        _interrupted(study, trial, storage, err)
-        raise
     except (MbsbenchError, OSError) as err:  # this machine's problem (data, disk, folder), not the trial's
-        _fail(study, trial, f"{PUT_BACK}: {error_line(err, 400)}")
-        requeue(study, study._storage.get_trial(trial._trial_id), storage, counted=False)
+        _put_back(study, trial, storage, f"{PUT_BACK}: {error_line(err, 400)}")
         raise MbsbenchError(f"study {study.study_name!r}: trial {trial.number} put back in the queue, this worker "
                             f"stops: {first_line(err, 300)}") from None
     except (RuntimeError, MemoryError, ValueError) as err:  # a failure is a result, recorded; the study goes on
@@ -227,6 +222,13 @@ def _interrupted(study, trial, storage: StorageSettings, err: KeyboardInterrupt)
     _fail(study, trial, INTERRUPTED)
     requeue(study, study._storage.get_trial(trial._trial_id), storage)
     add_kept(err, f"trial {trial.number} of study {study.study_name!r} marked interrupted and queued again")
+
+
+def _put_back(study, trial, storage: StorageSettings, reason: str) -> None:
+    """A trial this worker could not run (not the trial's own result): failed with the reason, queued again
+    without counting against its retries."""
+    _fail(study, trial, reason)
+    requeue(study, study._storage.get_trial(trial._trial_id), storage, counted=False)
 
 
 def _fail(study, trial, reason: str) -> str:

@@ -114,14 +114,15 @@ def device_memory_bytes(device: str) -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
 
 
-def check_weights_fit(name: str, cfg: ModelConfig, device: str) -> None:
-    """A model whose float32 weights alone exceed the device's memory is refused before it is built (counted on
-    the meta device: nothing allocated)."""
+def check_weights_fit(configs: dict[str, ModelConfig], device: str) -> None:
+    """Each model whose float32 weights alone exceed the device's memory is refused before any is built (counted
+    on the meta device: nothing allocated)."""
     import torch
 
-    with torch.device("meta"):
-        params = sum(p.numel() for p in build_model(cfg).parameters())
     have = device_memory_bytes(device)
-    if 4 * params > have:
-        raise MbsbenchError(f"{name}: {params:,} parameters, {4 * params / 2**30:.1f} GiB of weights alone; "
-                            f"{device} has {have / 2**30:.1f} GiB (a field far too large? python -m bench list)")
+    for name, cfg in configs.items():
+        with torch.device("meta"):
+            params = sum(p.numel() for p in build_model(cfg).parameters())
+        if 4 * params > have:
+            raise MbsbenchError(f"{name}: {params:,} parameters, {4 * params / 2**30:.1f} GiB of weights alone; "
+                                f"{device} has {have / 2**30:.1f} GiB (a field far too large? python -m bench list)")

@@ -98,8 +98,7 @@ def profile_variants(configs: dict[str, ModelConfig], settings: ProfileSettings,
     """profile_variant of each (name, config) in turn, each recorded as it finishes and appended to `rows` (a caller
     that passes its list keeps the rows done when interrupted); a failure is a row."""
     rows = [] if rows is None else rows
-    for name, cfg in configs.items():  # every one before the first is profiled
-        check_weights_fit(name, cfg, settings.device)
+    check_weights_fit(configs, settings.device)  # every one before the first is profiled
     for index, (name, cfg) in enumerate(configs.items(), 1):
         status(f"[{index}/{len(configs)}] profiling {name} ...")
         try:

@@ -16,7 +16,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from variants.errors import MbsbenchError
+from variants.errors import MbsbenchError, first_line
 
 if TYPE_CHECKING:  # torch is imported where a collective runs: a world of one never needs it here
     from torch import nn
@@ -138,7 +138,7 @@ def stop_on_lost_peer(err: BaseException, ranks: Ranks) -> None:
         return
     if os.environ.get(LAUNCHED):
         raise SystemExit(PEER_LOST_EXIT) from None
-    raise MbsbenchError(f"rank {ranks.rank}: another rank is gone ({str(err).strip().splitlines()[0][:160]}); "
+    raise MbsbenchError(f"rank {ranks.rank}: another rank is gone ({first_line(err, 160)}); "
                         "the same command with --resume continues from the last checkpoint") from None
 
 

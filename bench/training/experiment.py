@@ -152,8 +152,7 @@ def plan_runs(request: RunRequest, configs: dict[str, ModelConfig], dataset: Dat
 def run_experiment(request: RunRequest, context: RunContext) -> ExperimentOutcome:
     """Train and evaluate each (variant, seed), log each run, and return the outcomes."""
     configs = preflight(request, context, check_spec)
-    for name, cfg in configs.items():
-        check_weights_fit(name, cfg, context.device)
+    check_weights_fit(configs, context.device)
     dataset = open_splits(request.data)
     planned = plan_runs(request, configs, dataset, context.ranks.world)
     check_batch(planned[0].settings.batch, dataset)
