@@ -192,6 +192,25 @@ def test_tracking_databases_are_checked_for_real(postgres) -> None:
         check_reachable(f"postgresql://postgres@127.0.0.1:{postgres.port}/no_such_db")
 
 
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime, all threads
+
+
+def wait_idle(pid: int, timeout: float = 120) -> None:
+    """Until the process has used under 5% of a core for a second: a CPU-bound trial is over and it waits.
+    (A fixed outage raced the trial: one that outlasted it saw no outage at all and rightly exited 0.)"""
+    deadline = time.monotonic() + timeout
+    before = cpu_seconds(pid)
+    while time.monotonic() < deadline:
+        time.sleep(1)
+        now = cpu_seconds(pid)
+        if now - before < 0.05:
+            return
+        before = now
+    raise AssertionError(f"process {pid} still busy after {timeout} s")
+
+
 def test_a_storage_outage_is_one_line_and_the_trial_comes_back(tmp_path: Path) -> None:
     """Issue 24, item 10: every worker died with ~290 lines ending in Optuna's 'invalid data in the commit, e.g.
     exceeding max length'. One line naming the storage, 'unreachable'; the trial carries the reason."""
@@ -204,7 +223,7 @@ def test_a_storage_outage_is_one_line_and_the_trial_comes_back(tmp_path: Path) -
         worker = studies("work", "grid", "--storage", url, *FAST, "--device", "cpu", cwd=tmp_path)
         wait_running(url, "grid")
         server.halt()
-        time.sleep(3)
+        wait_idle(worker.pid)  # the objective is done and its tell failed: the worker waits for the storage
         server.start()  # back within the worker's wait: it writes the trial's reason before it stops
         _, err = worker.communicate(timeout=120)
         assert worker.returncode == 2, err
