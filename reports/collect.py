@@ -7,7 +7,7 @@ import pandas as pd
 
 from bench.quality.stats import mean_ci
 from bench.tracking.schema import EXPERIMENTS, PAPER_METRICS
-from bench.tracking.store import experiment_runs
+from bench.tracking.store import runs_table
 from variants.errors import MbsbenchError
 
 PROFILE = ("params_m", "macs_g_per_s", "peak_mem_train_mib", "max_batch_train", "rtf_infer", "train_step_s",
@@ -27,18 +27,18 @@ class Store:
 
     def devices(self) -> list[str]:
         """The devices the profiles and trained runs were measured on, oldest first."""
-        frames = [f[["start_time", "tags.device"]] for f in (self.profiles, self.runs)
-                  if not f.empty and "tags.device" in f]
+        frames = [f[["start_time", "device"]] for f in (self.profiles, self.runs)
+                  if not f.empty and "device" in f]
         if not frames:
             return []
-        return list(dict.fromkeys(pd.concat(frames).sort_values("start_time")["tags.device"].dropna()))
+        return list(dict.fromkeys(pd.concat(frames).sort_values("start_time")["device"].dropna()))
 
     def on(self, device: str) -> "Store":
         """Only the profiles and runs of devices whose name contains `device` (the studies stay)."""
         def keep(frame: pd.DataFrame) -> pd.DataFrame:
-            if frame.empty or "tags.device" not in frame:
+            if frame.empty or "device" not in frame:
                 return frame
-            return frame[frame["tags.device"].fillna("").str.contains(device, regex=False)].copy()
+            return frame[frame["device"].fillna("").str.contains(device, regex=False)].copy()
 
         return replace(self, profiles=keep(self.profiles), runs=keep(self.runs), device=device)
 
@@ -46,17 +46,17 @@ class Store:
 def _finished(frame: pd.DataFrame, task: str | None = None) -> pd.DataFrame:
     if frame.empty:
         return frame
-    keep = frame["status"] == "FINISHED"
-    if task and "tags.task" in frame:
-        keep &= frame["tags.task"] == task
+    keep = frame["run_status"] == "FINISHED"
+    if task and "task" in frame:
+        keep &= frame["task"] == task
     return frame[keep].copy()
 
 
 def load_store(uri: str) -> Store:
     """Every finished profile, trained run and study trial; an error when the store holds none."""
-    study_runs = experiment_runs(uri, EXPERIMENTS["study"])
-    store = Store(uri, _finished(experiment_runs(uri, EXPERIMENTS["profile"])),
-                  _finished(experiment_runs(uri, EXPERIMENTS["run"]), "run"),
+    study_runs = runs_table(uri, EXPERIMENTS["study"])
+    store = Store(uri, _finished(runs_table(uri, EXPERIMENTS["profile"])),
+                  _finished(runs_table(uri, EXPERIMENTS["run"]), "run"),
                   _finished(study_runs, "study-trial"), _finished(study_runs, "study"))
     if store.profiles.empty and store.runs.empty and store.trials.empty:
         raise MbsbenchError(f"no mbsbench runs in {uri}: run python -m bench profile / run first")
@@ -64,14 +64,14 @@ def load_store(uri: str) -> Store:
 
 
 def metric(frame: pd.DataFrame, name: str) -> pd.Series:
-    column = f"metrics.{name}"
-    return frame[column] if column in frame else pd.Series(np.nan, index=frame.index)
+    """A figure's column, or NaN for every run when none logged it."""
+    return frame[name] if name in frame else pd.Series(np.nan, index=frame.index)
 
 
 def newest_profile_runs(store: Store) -> pd.DataFrame:
     """The newest profile run of each variant: the one the tables show."""
     frame = store.profiles
-    return frame if frame.empty else frame.sort_values("start_time").groupby("tags.variant").tail(1)
+    return frame if frame.empty else frame.sort_values("start_time").groupby("variant").tail(1)
 
 
 def run_commands(frame: pd.DataFrame) -> tuple[list[str], int]:
@@ -79,7 +79,7 @@ def run_commands(frame: pd.DataFrame) -> tuple[list[str], int]:
     if frame.empty:
         return [], 0
     frame = frame.sort_values("start_time") if "start_time" in frame else frame
-    logged = [c for c in frame.get("tags.command", pd.Series(dtype=object)) if isinstance(c, str) and c]
+    logged = [c for c in frame.get("command", pd.Series(dtype=object)) if isinstance(c, str) and c]
     return list(dict.fromkeys(logged)), len(frame) - len(logged)
 
 
@@ -88,11 +88,11 @@ def latest_profiles(store: Store) -> pd.DataFrame:
     frame = newest_profile_runs(store)
     if frame.empty:
         return pd.DataFrame()
-    out = pd.DataFrame({"variant": frame["tags.variant"]})
+    out = pd.DataFrame({"variant": frame["variant"]})
     for name in PROFILE:
         out[name] = metric(frame, name).to_numpy()
     for cond in ("run_batch", "run_seconds", "run_device", "run_budget_gb", "run_max_batch_method"):
-        out[cond] = frame.get(f"params.{cond}", pd.Series("", index=frame.index)).to_numpy()
+        out[cond] = frame.get(f"{cond}", pd.Series("", index=frame.index)).to_numpy()
     return out.set_index("variant")
 
 
@@ -107,8 +107,8 @@ def quality_by_variant(store: Store, pcs: bool = False) -> pd.DataFrame:
     if runs.empty:
         return pd.DataFrame()
     rows = []
-    for variant, group in runs.groupby("tags.variant"):
-        row = {"variant": variant, "seeds": len(group), "data": group.get("params.data", pd.Series([""])).iloc[0]}
+    for variant, group in runs.groupby("variant"):
+        row = {"variant": variant, "seeds": len(group), "data": group.get("data", pd.Series([""])).iloc[0]}
         for name in PAPER_METRICS:
             row[name], row[f"{name}_ci"], _ = mean_ci(metric(group, name + ("_pcs" if pcs else "")))
         for name in CONFIG_FIGURES:  # the same for every seed: they depend on the config alone
@@ -137,10 +137,10 @@ def pareto_mask(values: np.ndarray, directions: list[str]) -> np.ndarray:
 def study_objective(store: Store, study: str) -> tuple[list[str], list[str]] | None:
     """The metric names and directions the study's own run recorded, or None for a study that recorded none."""
     runs = store.studies
-    if runs.empty or "tags.objective_metrics" not in runs:
+    if runs.empty or "objective_metrics" not in runs:
         return None
-    mine = runs[runs["tags.study"] == study].dropna(subset=["tags.objective_metrics"])
+    mine = runs[runs["study"] == study].dropna(subset=["objective_metrics"])
     if mine.empty:
         return None
     row = mine.iloc[-1]
-    return row["tags.objective_metrics"].split(","), row["tags.objective_directions"].split(",")
+    return row["objective_metrics"].split(","), row["objective_directions"].split(",")

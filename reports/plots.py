@@ -59,13 +59,13 @@ def pareto_plots(store: Store, folder: Path) -> list[Path]:
 
 
 def memory_vs_length(store: Store, folder: Path) -> list[Path]:
-    frame = store.profiles.sort_values("start_time").groupby("tags.variant").tail(1) if len(store.profiles) else []
+    frame = store.profiles.sort_values("start_time").groupby("variant").tail(1) if len(store.profiles) else []
     curves = {}
     for _, run in (frame.iterrows() if len(frame) else []):
-        for column in [c for c in run.index if c.startswith("metrics.peak_mem_train_mib_b") and run[c] == run[c]]:
-            history = metric_history(store.uri, run["run_id"], column[len("metrics."):])
+        for column in [c for c in run.index if c.startswith("peak_mem_train_mib_b") and run[c] == run[c]]:
+            history = metric_history(store.uri, run["run_id"], column)
             if len(history) > 1:
-                curves[f"{run['tags.variant']} (batch {column.rsplit('_b', 1)[1]})"] = history
+                curves[f"{run['variant']} (batch {column.rsplit('_b', 1)[1]})"] = history
     if not curves:
         return []
     plt = _pyplot()
@@ -84,7 +84,7 @@ def training_curves(store: Store, folder: Path) -> list[Path]:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5, 3.5))
     for _, run in store.runs.iterrows():
-        label = f"{run['tags.variant']} seed {run.get('tags.seed', '0')}"
+        label = f"{run['variant']} seed {run.get('seed', '0')}"
         for key, style in (("train_loss", "-"), ("val_loss", "o--")):
             history = metric_history(store.uri, run["run_id"], key)
             if history:
@@ -100,19 +100,19 @@ def study_history(store: Store, folder: Path) -> list[Path]:
     if trials.empty:
         return []
     written = []
-    for study, group in trials.groupby("tags.study"):
+    for study, group in trials.groupby("study"):
         objective = study_objective(store, study)
-        columns = [f"metrics.{m}" for m in objective[0]] if objective else []
+        columns = list(objective[0]) if objective else []
         columns = [c for c in columns if c in group and group[c].notna().any()]
         if not columns:
             continue
         plt = _pyplot()
         fig, axes = plt.subplots(len(columns), 1, figsize=(5, 3.5 * len(columns)), squeeze=False)
-        numbers = group["tags.trial"].astype(int)
+        numbers = group["trial"].astype(int)
         for ax, column in zip(axes[:, 0], columns):
             ax.plot(numbers, group[column], "o", label="trial")
             ax.set_xlabel("trial")
-            ax.set_ylabel(column[len("metrics."):])
+            ax.set_ylabel(column)
         axes[0, 0].set_title(study, fontsize=8)
         written += _save(fig, folder, f"study_{study}")
     return written
@@ -124,17 +124,17 @@ def importance_plots(store: Store, folder: Path) -> list[Path]:
     if studies.empty:
         return []
     written = []
-    for _, run in studies.sort_values("start_time").groupby("tags.study").tail(1).iterrows():
-        importances = {c[len("metrics.importance_"):]: run[c] for c in run.index
-                       if c.startswith("metrics.importance_") and run[c] == run[c]}
+    for _, run in studies.sort_values("start_time").groupby("study").tail(1).iterrows():
+        importances = {c[len("importance_"):]: run[c] for c in run.index
+                       if c.startswith("importance_") and run[c] == run[c]}
         if not importances:
             continue
         plt = _pyplot()
         fig, ax = plt.subplots(figsize=(4, 2.5))
         ax.barh(list(importances), list(importances.values()))
         ax.set_xlabel("importance (fANOVA)")
-        ax.set_title(run["tags.study"], fontsize=8)
-        written += _save(fig, folder, f"importance_{run['tags.study']}")
+        ax.set_title(run["study"], fontsize=8)
+        written += _save(fig, folder, f"importance_{run['study']}")
     return written
 
 

@@ -53,7 +53,7 @@ def reproduce(store: Store, variants: list[str] | None = None) -> dict:
     every trained run (each seed, and the noisy input's scores)."""
     frames = [f for f in (newest_profile_runs(store), store.runs) if not f.empty]
     if variants is not None:
-        frames = [f[f["tags.variant"].isin(variants)] for f in frames]
+        frames = [f[f["variant"].isin(variants)] for f in frames]
     return reproduce_from(pd.concat(frames) if frames else pd.DataFrame())
 
 
@@ -129,7 +129,7 @@ def _main_caption(profiles: pd.DataFrame, quality: pd.DataFrame) -> str:
 
 def _per_utterance(store: Store, variant: str) -> pd.DataFrame | None:
     """The per-utterance scores of a variant's first seed (downloaded from its run)."""
-    runs = store.runs[store.runs["tags.variant"] == variant].sort_values("tags.seed")
+    runs = store.runs[store.runs["variant"] == variant].sort_values("seed")
     if runs.empty:
         return None
     with tempfile.TemporaryDirectory() as folder:
@@ -260,8 +260,8 @@ def claims_table(store: Store) -> Table:
     same = _profile_conditions(prof, "original") == _profile_conditions(prof, "original+chunked_scan")
     ratio_cells = (cell(ratio) + "x", f"{_profile_conditions(prof, 'original')}, both") if ratio == ratio and same \
         else ("-", "needs original and original+chunked_scan profiled under the same conditions")
-    nan_runs = store.runs[(store.runs.get("tags.variant") == "optimized_a")] if not store.runs.empty else store.runs
-    nan_status = ", ".join(sorted(set(nan_runs.get("tags.status", pd.Series(dtype=str)).astype(str)))) or "-"
+    nan_runs = store.runs[(store.runs.get("variant") == "optimized_a")] if not store.runs.empty else store.runs
+    nan_status = ", ".join(sorted(set(nan_runs.get("status", pd.Series(dtype=str)).astype(str)))) or "-"
     claims = [
         ("original parameters", "author (measured)", "7.33M", params("original")),
         ("original out of memory at batch 2", "author (measured), 12 GB GPU, 2 s crops", "max batch < 2",
@@ -316,13 +316,13 @@ def literature_table() -> Table:
 
 
 def _knobs(trial: pd.Series) -> str:
-    return ", ".join(f"{c[len('params.knob_'):]}={trial[c]}" for c in trial.index
-                     if c.startswith("params.knob_") and trial[c] == trial[c])
+    return ", ".join(f"{c[len('knob_'):]}={trial[c]}" for c in trial.index
+                     if c.startswith("knob_") and trial[c] == trial[c])
 
 
 def _best(ok: pd.DataFrame, metrics: list[str], directions: list[str]) -> str:
     """The best trial (one objective) or the Pareto front (several), each figure named."""
-    columns = [f"metrics.{m}" for m in metrics]
+    columns = list(metrics)
     ok = ok.dropna(subset=[c for c in columns if c in ok])
     if ok.empty or any(c not in ok for c in columns):
         return "-"
@@ -341,9 +341,9 @@ def study_table(store: Store) -> Table | None:
     if trials.empty:
         return None
     rows = []
-    for study, group in trials.groupby("tags.study"):
+    for study, group in trials.groupby("study"):
         objective = study_objective(store, study)
-        ok = group[group["tags.status"] == "ok"]
+        ok = group[group["status"] == "ok"]
         best = _best(ok, *objective) if objective else "- (the study's run recorded no objective)"
         rows.append([study, str(len(group)), str(len(group) - len(ok)), best])
     caption = ("Optuna studies: trials logged to MLflow, failed ones (OOM, NaN) counted, the best trial by the "

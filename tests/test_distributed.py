@@ -12,7 +12,7 @@ import torch
 
 from bench.__main__ import main as bench
 from bench.data.datasets import open_dataset
-from bench.tracking.store import metric_history, search_runs
+from bench.tracking.store import metric_history, runs_table
 from bench.training.request import PlannedRun, RunContext
 from bench.training.trainer import Trainer, TrainObserver, TrainSettings
 from variants.registry import build, build_config
@@ -43,14 +43,14 @@ def test_two_gloo_ranks_train_what_one_process_trains(tmp_path: Path) -> None:
     a, b = weights(tmp_path / "one"), weights(tmp_path / "two")
     for name in a:
         torch.testing.assert_close(b[name], a[name], atol=1e-6, rtol=0, msg=name)
-    runs = {uri: search_runs(uri, "mbsbench-run") for uri in (one, two)}
+    runs = {uri: runs_table(uri, "mbsbench-run") for uri in (one, two)}
     assert len(runs[two]) == 1  # rank 0 logs: one run, not two
     losses = [[v for _, v in metric_history(uri, runs[uri]["run_id"].iloc[0], "train_loss")] for uri in (one, two)]
     assert len(losses[0]) == 3 and losses[1] == pytest.approx(losses[0], abs=1e-6)
     run = runs[two].iloc[0]
-    assert (run["params.train_world_size"], run["params.train_batch"], run["params.train_batch_per_rank"]) == \
+    assert (run["train_world_size"], run["train_batch"], run["train_batch_per_rank"]) == \
         ("2", "2", "1")
-    assert run["params.train_precision"] == "fp64" and run["params.train_recipe"] == "default"
+    assert run["train_precision"] == "fp64" and run["train_recipe"] == "default"
 
 
 @pytest.mark.processes

@@ -61,6 +61,6 @@ def test_the_devices_of_a_store_include_its_trained_runs() -> None:
     """'devices there: none' for a store that held a CPU run and no profile."""
     from reports.collect import Store
 
-    runs = pd.DataFrame({"start_time": [2, 1], "tags.device": ["CPU b", "CPU a"]})
+    runs = pd.DataFrame({"start_time": [2, 1], "device": ["CPU b", "CPU a"]})
     store = Store("sqlite:///x.db", pd.DataFrame(), runs, pd.DataFrame(), pd.DataFrame())
     assert store.devices() == ["CPU a", "CPU b"]

@@ -111,9 +111,9 @@ def test_the_claims_table_sets_a_prediction_beside_the_claim_under_its_condition
     from reports.tables import claims_table
 
     def profile(variant: str, batch: int, seconds: float, **metrics) -> dict:
-        return {"tags.variant": variant, "start_time": len(variant), "status": "FINISHED", "tags.device": "CPU x",
-                "params.run_batch": str(batch), "params.run_seconds": str(seconds), "params.run_device": "CPU x",
-                "params.run_budget_gb": "12.0", **{f"metrics.{k}": v for k, v in metrics.items()}}
+        return {"variant": variant, "start_time": len(variant), "run_status": "FINISHED", "device": "CPU x",
+                "run_batch": str(batch), "run_seconds": str(seconds), "run_device": "CPU x",
+                "run_budget_gb": "12.0", **metrics}
 
     profiles = pd.DataFrame([profile("original", 2, 2.0, pred_max_batch_cuda=4.0),
                              profile("optimized", 6, 1.0, pred_cuda_peak_reserved_mib=3072.0)])
@@ -142,10 +142,10 @@ def test_the_main_table_shows_predictions_when_profiles_have_them() -> None:
     from reports.collect import Store
     from reports.tables import main_table
 
-    row = {"tags.variant": "optimized", "start_time": 1, "status": "FINISHED", "tags.device": "CPU x",
-           "params.run_batch": "6", "params.run_seconds": "2.0", "params.run_device": "CPU x",
-           "params.run_budget_gb": "12.0", "metrics.params_m": 2.1, "metrics.pred_cuda_peak_reserved_mib": 1794.0,
-           "metrics.pred_max_batch_cuda": 36.0}
+    row = {"variant": "optimized", "start_time": 1, "run_status": "FINISHED", "device": "CPU x",
+           "run_batch": "6", "run_seconds": "2.0", "run_device": "CPU x",
+           "run_budget_gb": "12.0", "params_m": 2.1, "pred_cuda_peak_reserved_mib": 1794.0,
+           "pred_max_batch_cuda": 36.0}
     table = main_table(Store("sqlite:///x.db", pd.DataFrame([row]), pd.DataFrame(), pd.DataFrame(), pd.DataFrame()))
     cells = dict(zip(table.header, table.rows[0]))
     assert (cells["Pred. CUDA reserved (MiB)"], cells["Pred. max batch"]) == ("1794", "36")

@@ -9,7 +9,7 @@ import pytest
 
 from bench.__main__ import main
 from bench.tracking.schema import PROFILE_FIGURES as FIGURES
-from bench.tracking.store import search_runs
+from bench.tracking.store import runs_table
 
 TINY = ["--variant", "optimized", "--set", "feature_dim=32", "--batch", "1", "--seconds", "0.1", "--repeats", "1"]
 
@@ -19,16 +19,16 @@ def test_profile_logs_every_printed_figure(tmp_path: Path, capsys: pytest.Captur
     assert main(["profile", *TINY, "--no-rss", "--tracking-uri", uri, "--format", "json"]) == 0
     (row,) = json.loads(capsys.readouterr().out)
     assert row["status"] == "ok" and row["params"] > 0 and row["peak_mem_train_mib"] > 0
-    runs = search_runs(uri, "mbsbench-profile")
+    runs = runs_table(uri, "mbsbench-profile")
     assert len(runs) == 1
     run = runs.iloc[0]
     logged = [k for k in FIGURES if isinstance(row.get(k), int | float)]
     assert len(logged) >= 15
     for key in logged:
-        assert run[f"metrics.{key}"] == pytest.approx(row[key]), key
-    assert run["params.feature_dim"] == "32"
-    assert run["tags.git_commit"] and run["tags.device"].startswith("CPU")
-    assert run["tags.version_torch"].startswith("2.")
+        assert run[key] == pytest.approx(row[key]), key
+    assert run["feature_dim"] == "32"
+    assert run["git_commit"] and run["device"].startswith("CPU")
+    assert run["version_torch"].startswith("2.")
 
 
 def test_profile_table_without_tracking(capsys: pytest.CaptureFixture) -> None:

@@ -12,7 +12,7 @@ import soundfile as sf
 import torch
 
 from bench.__main__ import main
-from bench.tracking.store import search_runs
+from bench.tracking.store import runs_table
 from bench.training.checkpoint import save_checkpoint, weights
 from variants.registry import build, build_config
 
@@ -43,9 +43,9 @@ def test_evaluate_noisy_logs_and_writes(tmp_path: Path, capsys: pytest.CaptureFi
     assert summary["pesq_wb"]["n_scored"] == 3 and summary["pesq_wb_pcs"]["n_total"] == 3
     per_utt = (tmp_path / "out" / "per_utterance.csv").read_text().splitlines()
     assert len(per_utt) == 4 and "pesq_wb_pcs" in per_utt[0]
-    run = search_runs(uri, "mbsbench-evaluate").iloc[0]
-    assert run["metrics.pesq_wb"] == pytest.approx(summary["pesq_wb"]["mean"])
-    assert run["tags.data_fingerprint"] and run["params.composite_mode"] == "matlab"
+    run = runs_table(uri, "mbsbench-evaluate").iloc[0]
+    assert run["pesq_wb"] == pytest.approx(summary["pesq_wb"]["mean"])
+    assert run["data_fingerprint"] and run["composite_mode"] == "matlab"
 
 
 def test_evaluate_a_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

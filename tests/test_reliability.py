@@ -133,9 +133,9 @@ def test_battery_covers_every_class() -> None:
 
 
 def run_store(uri: str):
-    from bench.tracking.store import search_runs
+    from bench.tracking.store import runs_table
 
-    return search_runs(uri, "mbsbench-run")
+    return runs_table(uri, "mbsbench-run")
 
 
 def start(argv: list[str], cwd: Path, env: dict | None = None) -> subprocess.Popen:
@@ -178,12 +178,12 @@ def test_sigkill_then_resume_is_the_same_run(tmp_path: Path) -> None:
     assert all(torch.equal(straight[k], resumed[k]) for k in straight)  # bit-identical
     runs = run_store(uri)
     mine = runs[runs["run_id"] == json.loads((last.parent / "result.json").read_text())["run_id"]].iloc[0]
-    assert len(runs) == 2 and mine["status"] == "FINISHED"  # the straight run and this one, not three
-    assert "ended without closing" in mine["tags.mbsbench.orphaned"]  # marked KILLED by the resume, reopened
-    assert mine["metrics.train_segments"] == 2
+    assert len(runs) == 2 and mine["run_status"] == "FINISHED"  # the straight run and this one, not three
+    assert "ended without closing" in mine["mbsbench.orphaned"]  # marked KILLED by the resume, reopened
+    assert mine["train_segments"] == 2
     result = torch.load(last, weights_only=False)["result"]
     assert result["seconds"] == pytest.approx(sum(result["segments"])) and result["segments"][0] == first_segment
-    assert mine["metrics.train_minutes"] == pytest.approx(result["seconds"] / 60)
+    assert mine["train_minutes"] == pytest.approx(result["seconds"] / 60)
 
 
 @pytest.mark.processes
@@ -221,7 +221,7 @@ def test_sigint_keeps_the_checkpoint_and_kills_the_run(tmp_path: Path) -> None:
     step = torch.load(last, weights_only=False)["step"]
     assert line.startswith("interrupted: ") and f"at step {step}" in line and "KILLED" in line
     run = run_store(uri).iloc[0]
-    assert run["status"] == "KILLED" and "interrupted" in run["tags.end_reason"]
+    assert run["run_status"] == "KILLED" and "interrupted" in run["end_reason"]
     from bench.tracking.store import metric_history
 
     assert [s for s, _ in metric_history(uri, run["run_id"], "train_loss")] == list(range(1, step + 1))
@@ -230,8 +230,8 @@ def test_sigint_keeps_the_checkpoint_and_kills_the_run(tmp_path: Path) -> None:
                   str(tmp_path / "out"), "--tracking-uri", uri, "--resume", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     run = run_store(uri).iloc[0]  # the same run, finished: it no longer says it was interrupted
-    assert run["status"] == "FINISHED" and "interrupted" in run["tags.previous_end_reason"]
-    assert "tags.end_reason" not in run or not isinstance(run["tags.end_reason"], str)
+    assert run["run_status"] == "FINISHED" and "interrupted" in run["previous_end_reason"]
+    assert "end_reason" not in run or not isinstance(run["end_reason"], str)
 
 
 def test_silent_output_is_a_failure_at_the_worst_value(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

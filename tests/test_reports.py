@@ -7,14 +7,16 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from bench.__main__ import main as bench
-from bench.tracking.store import search_runs
+from bench.tracking.store import runs_table
 from reports.__main__ import main as reports
 from reports.collect import load_store
 from reports.render import escape_latex, latex, markdown
 from reports.tables import all_tables, cell, main_table
+from variants.errors import MbsbenchError
 
 TINY = ["--set", "feature_dim=16", "--set", "temporal_layers=1"]
 DATA = "synth:seed=5,train=8,val=4,test=4"
@@ -43,15 +45,15 @@ def rows_by_name(table) -> dict[str, dict[str, str]]:
 def test_main_table_numbers_come_from_the_runs(store_uri: str) -> None:
     table = main_table(load_store(store_uri))
     rows = rows_by_name(table)
-    runs = search_runs(store_uri, "mbsbench-run")
-    run = runs[runs["tags.variant"] == "optimized"].iloc[0]
-    assert rows["optimized"]["PESQ"] == f"{run['metrics.pesq_wb']:.2f}"
-    assert rows["optimized"]["STOI"] == f"{run['metrics.stoi']:.2f}"
-    assert rows["noisy input"]["PESQ"] == f"{run['metrics.noisy_pesq_wb']:.2f}"
-    profiles = search_runs(store_uri, "mbsbench-profile")
-    prof = profiles[profiles["tags.variant"] == "bsrnn"].iloc[0]
-    assert rows["bsrnn"]["Params (M)"] == f"{prof['metrics.params_m']:.3f}"
-    assert rows["bsrnn"]["Peak train (MiB)"] == f"{prof['metrics.peak_mem_train_mib']:.0f}"
+    runs = runs_table(store_uri, "mbsbench-run")
+    run = runs[runs["variant"] == "optimized"].iloc[0]
+    assert rows["optimized"]["PESQ"] == f"{run['pesq_wb']:.2f}"
+    assert rows["optimized"]["STOI"] == f"{run['stoi']:.2f}"
+    assert rows["noisy input"]["PESQ"] == f"{run['noisy_pesq_wb']:.2f}"
+    profiles = runs_table(store_uri, "mbsbench-profile")
+    prof = profiles[profiles["variant"] == "bsrnn"].iloc[0]
+    assert rows["bsrnn"]["Params (M)"] == f"{prof['params_m']:.3f}"
+    assert rows["bsrnn"]["Peak train (MiB)"] == f"{prof['peak_mem_train_mib']:.0f}"
     assert rows["bsrnn"]["PESQ"] == "-"  # profiled, never trained: a dash, not a zero
     assert "batch 1, 0.1 s" in table.caption
 
@@ -59,11 +61,11 @@ def test_main_table_numbers_come_from_the_runs(store_uri: str) -> None:
 def test_a_trained_variant_never_profiled_shows_the_figures_of_its_config(store_uri: str) -> None:
     """Params and MACs depend on the config alone: the run logged them, so the table shows them (it showed '-')."""
     store = load_store(store_uri)
-    unprofiled = replace(store, profiles=store.profiles[store.profiles["tags.variant"] != "optimized"])
+    unprofiled = replace(store, profiles=store.profiles[store.profiles["variant"] != "optimized"])
     rows = rows_by_name(main_table(unprofiled))
-    run = search_runs(store_uri, "mbsbench-run").set_index("tags.variant").loc["optimized"]
-    assert rows["optimized"]["Params (M)"] == f"{run['metrics.params_m']:.3f}"
-    assert rows["optimized"]["MACs (G/s)"] == f"{run['metrics.macs_g_per_s']:.2f}"
+    run = runs_table(store_uri, "mbsbench-run").set_index("variant").loc["optimized"]
+    assert rows["optimized"]["Params (M)"] == f"{run['params_m']:.3f}"
+    assert rows["optimized"]["MACs (G/s)"] == f"{run['macs_g_per_s']:.2f}"
     assert rows["optimized"]["Peak train (MiB)"] == "-" and rows["optimized"]["RTF"] == "-"  # these need a profile
 
 
@@ -71,17 +73,17 @@ def test_ablation_and_claims(store_uri: str) -> None:
     tables = {t.name: t for t in all_tables(load_store(store_uri))}
     ablation = rows_by_name(tables["ablation_optimized"])
     assert set(ablation) == {"-d_state12"}
-    profiles = search_runs(store_uri, "mbsbench-profile").set_index("tags.variant")
-    expected = profiles.loc["optimized-d_state12", "metrics.params_m"] - profiles.loc["optimized", "metrics.params_m"]
+    profiles = runs_table(store_uri, "mbsbench-profile").set_index("variant")
+    expected = profiles.loc["optimized-d_state12", "params_m"] - profiles.loc["optimized", "params_m"]
     assert ablation["-d_state12"]["d Params (M)"] == f"{expected:.3f}"
     assert re.fullmatch(r"-?\d+\.\d\d\*?|-", ablation["-d_state12"]["d PESQ"])
     claims = {row[0]: row for row in tables["claims"].rows}
     assert claims["original parameters"][3] == "-"  # original never profiled in this store
-    assert claims["optimized parameters"][3] == f"{profiles.loc['optimized', 'metrics.params_m']:.3f}M"  # as "2.3M"
+    assert claims["optimized parameters"][3] == f"{profiles.loc['optimized', 'params_m']:.3f}M"  # as "2.3M"
     # profiled at batch 1, 0.1 s on a CPU and trained on synth: never set beside a GPU or VoiceBank+DEMAND claim
     memory = claims["optimized: ~4 GB at batch 6-8"]
     assert memory[3] == "-" and "at batch 1, 0.1 s, CPU" in memory[4] and "not the claim's conditions" in memory[4]
-    assert memory[4].startswith(f"{profiles.loc['optimized', 'metrics.peak_mem_train_mib'] / 1024:.2f} GiB")
+    assert memory[4].startswith(f"{profiles.loc['optimized', 'peak_mem_train_mib'] / 1024:.2f} GiB")
     fits = claims["optimized: batch 6-8 fits"]
     assert fits[3] == "-" and "max batch predicted" in fits[4]
     pesq = claims["optimized PESQ at epoch 19"]
@@ -177,9 +179,9 @@ def test_study_table_ranks_by_each_study_objective(studies_uri: str) -> None:
 def test_importances_come_from_mlflow(studies_uri: str, tmp_path: Path) -> None:
     """Defects 5 and 6: the study logs its importances (one rule); reports plot them without Optuna."""
     store = load_store(studies_uri)
-    study_run = store.studies.set_index("tags.study").loc["params"]
-    assert study_run["metrics.importance_d_state"] == pytest.approx(1.0)  # the only knob has all the importance
-    assert "metrics.importance_d_state" not in store.studies.set_index("tags.study").loc["multi"].dropna()
+    study_run = store.studies.set_index("study").loc["params"]
+    assert study_run["importance_d_state"] == pytest.approx(1.0)  # the only knob has all the importance
+    assert "importance_d_state" not in store.studies.set_index("study").loc["multi"].dropna()
     assert reports(["plots", "--out", str(tmp_path), "--tracking-uri", studies_uri]) == 0
     assert (tmp_path / "importance_params.png").stat().st_size > 1000
     code = ("import sys, reports.__main__, reports.tables, reports.plots, reports.collect, reports.render; "
@@ -218,8 +220,8 @@ def test_profiles_of_two_machines_are_never_mixed(tmp_path: Path) -> None:
     for variant in ("optimized", "bsrnn"):
         assert bench(["profile", "--variant", variant, *TINY, "--batch", "1", "--seconds", "0.1", "--repeats", "1",
                       "--no-rss", "--tracking-uri", uri, "--device", "cpu", "-q"]) == 0
-    runs = search_runs(uri, "mbsbench-profile")
-    gpu = runs[runs["tags.variant"] == "bsrnn"]["run_id"].iloc[0]
+    runs = runs_table(uri, "mbsbench-profile")
+    gpu = runs[runs["variant"] == "bsrnn"]["run_id"].iloc[0]
     client(uri).set_tag(gpu, "device", "NVIDIA H200")  # as if profiled on the lab's GPU box
     tables = {t.name: t for t in all_tables(load_store(uri))}
     cpu, h200 = tables["main_device1"], tables["main_device2"]
@@ -303,3 +305,20 @@ def test_a_torchrun_rank_names_its_processes(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert reproduce_command("python -m bench", ["run", "--variant", "x"]) == "python -m bench run --variant x " \
                                                                                 "--nproc 2"
+
+
+def test_runs_come_tidy_and_a_name_two_kinds_share_must_agree() -> None:
+    """Issue 25: only bench/tracking knows MLflow's column prefixes; a tag and a param of one name are one column
+    when they agree (evaluations logged data_fingerprint as both) and an error when they differ."""
+    from bench.tracking.store import tidy_runs
+
+    raw = pd.DataFrame({"run_id": ["a", "b"], "status": ["FINISHED", "KILLED"], "experiment_id": ["1", "1"],
+                        "tags.status": ["ok", "nan"], "metrics.pesq_wb": [2.5, None],
+                        "tags.data_fingerprint": ["f", None], "params.data_fingerprint": ["f", "g"]})
+    tidy = tidy_runs(raw)
+    assert list(tidy.columns) == ["run_id", "run_status", "status", "pesq_wb", "data_fingerprint"]
+    assert list(tidy["run_status"]) == ["FINISHED", "KILLED"] and list(tidy["status"]) == ["ok", "nan"]
+    assert list(tidy["data_fingerprint"]) == ["f", "g"]  # each run's value, whichever kind holds it
+    raw.loc[0, "params.data_fingerprint"] = "h"
+    with pytest.raises(MbsbenchError, match=r"data_fingerprint.*different values"):
+        tidy_runs(raw)

@@ -148,14 +148,14 @@ def test_queued_ablation_on_postgres_tracking(postgres, tmp_path: Path) -> None:
                            cwd=tmp_path) for _ in range(2)]
         for worker in workers:
             finish(worker)
-    from bench.tracking.store import search_runs
+    from bench.tracking.store import runs_table
 
-    runs = search_runs(tracking, "mbsbench-profile")
-    pairs = sorted(zip(runs["tags.variant"], runs["tags.seed"]))
+    runs = runs_table(tracking, "mbsbench-profile")
+    pairs = sorted(zip(runs["variant"], runs["seed"]))
     assert pairs == sorted((v, s) for v in ("optimized", "optimized-d_state12", "optimized-expand1") for s in "01")
-    assert (runs["status"] == "FINISHED").all()
+    assert (runs["run_status"] == "FINISHED").all()
     # each run made by a worker carries the command that reproduces it here: the ablation, without its queue
-    assert set(runs["tags.command"]) == {"python -m bench " + " ".join(argv[:-4])}
+    assert set(runs["command"]) == {"python -m bench " + " ".join(argv[:-4])}
     trials = trials_of(queue, "ablate-optimized-profile")
     assert len(trials) == 6 and all(t.state.name == "COMPLETE" for t in trials)
 
@@ -165,19 +165,19 @@ def test_mlflow_server_on_postgres(postgres, tmp_path: Path, capsys: pytest.Capt
     stdout holds the results only (MLflow printed 'View run ... at:' lines there)."""
     from servers import MlflowServer
 
-    from bench.tracking.store import download_artifact, search_runs
+    from bench.tracking.store import download_artifact, runs_table
 
     server = MlflowServer(postgres.database(), tmp_path / "artifacts", tmp_path / "server.log")
     try:
         assert bench(["profile", "--variant", "optimized", *TINY, "--batch", "1", "--seconds", "0.1", "--repeats",
                       "1", "--no-rss", "--tracking-uri", server.url, "--format", "json", "--device", "cpu"]) == 0
         assert json.loads(capsys.readouterr().out)[0]["variant"] == "optimized"
-        run = search_runs(server.url, "mbsbench-profile").iloc[0]
+        run = runs_table(server.url, "mbsbench-profile").iloc[0]
         assert reports(["tables", "--tracking-uri", server.url, "--out", str(tmp_path / "paper")]) == 0
         main = (tmp_path / "paper" / "main.md").read_text()
-        assert f"| {run['metrics.params_m']:.3f} |" in main
+        assert f"| {run['params_m']:.3f} |" in main
         profile = json.loads(download_artifact(server.url, run["run_id"], "profile.json", str(tmp_path)).read_text())
-        assert profile["params"] == run["metrics.params"]
+        assert profile["params"] == run["params"]
         assert any((tmp_path / "artifacts").rglob("profile.json"))  # stored by the server, not by us
     finally:
         server.stop()

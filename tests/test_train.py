@@ -10,7 +10,7 @@ import torch
 
 from bench.__main__ import main
 from bench.data.datasets import open_dataset
-from bench.tracking.store import search_runs
+from bench.tracking.store import runs_table
 from bench.training.request import PlannedRun
 from bench.training.trainer import Trainer, TrainSettings
 from variants.registry import build, build_config
@@ -73,12 +73,12 @@ def test_run_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert "warning: optimized seed 0 trained on less than one epoch (0.50)" in err
     assert f"next: python -m reports tables --tracking-uri {uri}" in err
     assert rows[1]["status"] == "ok" and rows[1]["pesq_wb_n"] == 4
-    run = search_runs(uri, "mbsbench-run").iloc[0]
+    run = runs_table(uri, "mbsbench-run").iloc[0]
     assert f"MLflow run {run['run_id']} in {uri}" in err
-    assert run["metrics.pesq_wb"] == pytest.approx(rows[1]["pesq_wb"])
-    assert run["metrics.noisy_pesq_wb"] == pytest.approx(rows[0]["pesq_wb"])
-    assert run["params.feature_dim"] == "16" and run["tags.data_fingerprint"]
-    assert run["params.scan"] == "auto" and run["params.scan_resolved"] == "chunked_ckpt"  # not "chunked"
+    assert run["pesq_wb"] == pytest.approx(rows[1]["pesq_wb"])
+    assert run["noisy_pesq_wb"] == pytest.approx(rows[0]["pesq_wb"])
+    assert run["feature_dim"] == "16" and run["data_fingerprint"]
+    assert run["scan"] == "auto" and run["scan_resolved"] == "chunked_ckpt"  # not "chunked"
 
 
 def run_cli(*argv: str, env_cache: Path) -> subprocess.CompletedProcess:
@@ -118,11 +118,11 @@ def test_ablate_parent_and_children(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert main(argv) == 0
     rows = json.loads(capsys.readouterr().out)
     assert [r["variant"] for r in rows] == ["noisy input", "optimized", "optimized-d_state12"]
-    runs = search_runs(uri, "mbsbench-run")
-    parent = runs[runs["tags.task"] == "ablate"]
-    children = runs[runs["tags.task"] == "run"]
+    runs = runs_table(uri, "mbsbench-run")
+    parent = runs[runs["task"] == "ablate"]
+    children = runs[runs["task"] == "run"]
     assert len(parent) == 1 and len(children) == 2
-    assert (children["tags.mlflow.parentRunId"] == parent["run_id"].iloc[0]).all()
+    assert (children["mlflow.parentRunId"] == parent["run_id"].iloc[0]).all()
 
 
 def test_ablate_profile_only(capsys: pytest.CaptureFixture) -> None:
@@ -141,10 +141,10 @@ def test_ablate_profile_only_logs_each_profile(tmp_path: Path, capsys: pytest.Ca
             "--crop-seconds", "0.1", "--device", "cpu", "--format", "json", "--tracking-uri", uri]
     assert main(argv) == 0
     rows = json.loads(capsys.readouterr().out)
-    runs = search_runs(uri, "mbsbench-profile").set_index("run_id")
-    assert sorted(runs["tags.variant"]) == ["original", "original+expand1"]
+    runs = runs_table(uri, "mbsbench-profile").set_index("run_id")
+    assert sorted(runs["variant"]) == ["original", "original+expand1"]
     for row in rows:
-        assert runs.loc[row["run_id"], "metrics.params"] == row["params"]
+        assert runs.loc[row["run_id"], "params"] == row["params"]
 
 
 def test_noisy_input_is_scored_once_per_experiment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -176,8 +176,8 @@ def test_ablate_again_skips_the_finished_pairs(tmp_path: Path, capsys: pytest.Ca
     again = json.loads(capsys.readouterr().out)
     assert [r["status"].split(" (")[0] for r in again[1:]] == ["finished earlier"] * 2
     assert [r["pesq_wb"] for r in again[1:]] == pytest.approx([r["pesq_wb"] for r in first[1:]])
-    runs = search_runs(uri, "mbsbench-run")
-    assert (runs["tags.task"] == "run").sum() == 2 and (runs["tags.task"] == "ablate").sum() == 1
+    runs = runs_table(uri, "mbsbench-run")
+    assert (runs["task"] == "run").sum() == 2 and (runs["task"] == "ablate").sum() == 1
     assert argv[11:13] == ["--steps", "1"]
     assert main([*argv[:12], "2", *argv[13:]]) == 2  # --steps 2 is another run: its folders are not overwritten
     assert "holds a run already" in capsys.readouterr().err

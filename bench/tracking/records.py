@@ -17,9 +17,10 @@ from bench.tracking.store import (
     client,
     create_run,
     ended,
-    experiment_runs,
     mlflow_module,
     provenance_tags,
+    run_figures,
+    runs_table,
     start_run,
 )
 from variants.errors import MbsbenchError, error_line
@@ -114,7 +115,7 @@ def record_evaluation(uri: str, result, paths: dict, audio: list, info: dict) ->
     tags = provenance_tags(info["device"]) | {"task": "evaluate", "variant": info["label"],
                                               "data_fingerprint": info["data_fingerprint"]}
     with start_run(uri, EXPERIMENTS["evaluate"], f"evaluate {info['label']} {info['split']}", tags) as run:
-        run.log_params(info)
+        run.log_params({k: v for k, v in info.items() if k != "data_fingerprint"})  # a tag, as on every run
         run.log_metrics(_finite(summary_means(result)))
         for path in paths.values():
             run.log_file(path)
@@ -272,9 +273,8 @@ def record_study_importances(uri: str, run_id: str, importances: dict[str, float
 
 def finished_run(uri: str, key: str) -> dict | None:
     """The FINISHED training run of a run key ('mbsbench.run_key'): {'run_id', and its figures}, or None."""
-    runs = experiment_runs(uri, EXPERIMENTS["run"], f"tags.`mbsbench.run_key` = '{key}' and "
-                                                    "attributes.status = 'FINISHED'")
+    runs = runs_table(uri, EXPERIMENTS["run"], {"mbsbench.run_key": key}, "FINISHED")
     if runs.empty:
         return None
-    run = runs.iloc[0]
-    return {"run_id": run["run_id"]} | {c[len("metrics."):]: run[c] for c in runs.columns if c.startswith("metrics.")}
+    run_id = runs["run_id"].iloc[0]
+    return {"run_id": run_id} | run_figures(uri, run_id)

@@ -317,25 +317,58 @@ def start_run(uri: str, experiment: str, run_name: str, tags: Mapping[str, str] 
     return ended(create_run(uri, experiment, run_name, tags, parent))
 
 
-def search_runs(uri: str, experiment: str, filter_string: str = ""):
-    """Runs of an experiment (all, or those the filter keeps) as a DataFrame (params.*, metrics.*, tags.*)."""
-    mlflow = mlflow_module()
-    tracking = client(uri)
-    found = tracking.get_experiment_by_name(experiment)
-    if found is None:
-        raise MbsbenchError(f"no experiment {experiment!r} in {uri}")
-    mlflow.set_tracking_uri(database_url(uri))
-    return mlflow.search_runs(experiment_ids=[found.experiment_id], filter_string=filter_string)
+# MLflow's run attributes under our names: 'run_status' (FINISHED, FAILED, KILLED, RUNNING) is not the 'status'
+# tag a task logs (ok, oom, nan, ...)
+RUN_ATTRIBUTES = {"run_id": "run_id", "status": "run_status", "start_time": "start_time", "end_time": "end_time"}
+KINDS = ("tags", "params", "metrics")
 
 
-def experiment_runs(uri: str, experiment: str, filter_string: str = ""):
-    """Runs of an experiment as a DataFrame, or an empty one when the experiment does not exist."""
+def runs_table(uri: str, experiment: str, tags: Mapping[str, str] | None = None, status: str | None = None):
+    """The runs of an experiment (those with these tag values and this run status, when given) as a tidy frame:
+    run_id, run_status, start_time, end_time, and each tag, param and metric under its own name. Empty when the
+    experiment does not exist."""
     import pandas as pd
 
-    try:
-        return search_runs(uri, experiment, filter_string)
-    except MbsbenchError:
+    mlflow = mlflow_module()
+    found = client(uri).get_experiment_by_name(experiment)
+    if found is None:
         return pd.DataFrame()
+    clauses = [f"tags.`{k}` = '{v}'" for k, v in (tags or {}).items()] + \
+        ([f"attributes.status = '{status}'"] if status else [])
+    mlflow.set_tracking_uri(database_url(uri))
+    return tidy_runs(mlflow.search_runs(experiment_ids=[found.experiment_id], filter_string=" and ".join(clauses)))
+
+
+def tidy_runs(raw):
+    """MLflow's search frame (tags.X, params.X, metrics.X, status, ...) with each column under its own name. A name
+    two kinds share is one column where they agree on every run that has both; where they differ it is an error,
+    never one value silently hiding the other."""
+    import pandas as pd
+
+    columns: dict[str, object] = {}
+    for column in raw.columns:
+        kind, _, name = column.partition(".")
+        name = RUN_ATTRIBUTES.get(column) or (name if kind in KINDS else "")
+        if not name:
+            continue  # experiment_id, artifact_uri, lifecycle_stage: not ours to read
+        if name not in columns:
+            columns[name] = raw[column]
+        elif _agree(columns[name], raw[column]):
+            columns[name] = columns[name].combine_first(raw[column])
+        else:
+            raise MbsbenchError(f"tracking: runs log {name!r} twice, as {column} and another kind, with different "
+                                "values")
+    return pd.DataFrame(columns, index=raw.index)
+
+
+def _agree(one, other) -> bool:
+    both = one.notna() & other.notna()
+    return bool((one[both].astype(str) == other[both].astype(str)).all())
+
+
+def run_figures(uri: str, run_id: str) -> dict[str, float]:
+    """Every figure (metric) of a run: its last logged value."""
+    return dict(client(uri).get_run(run_id).data.metrics)
 
 
 class ArtifactMissingError(MbsbenchError):
