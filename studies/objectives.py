@@ -13,9 +13,9 @@ from bench.profiling.macs import count_macs
 from bench.profiling.memory import MemoryCurve
 from bench.profiling.timing import throughput
 from bench.profiling.workload import ProfileSettings, measured_model
-from bench.quality.evaluate import evaluate
-from bench.training.request import PlannedRun, RunContext
-from bench.training.trainer import Trainer, TrainObserver, TrainSettings
+from bench.training.experiment import Shared, plan_runs, train_one
+from bench.training.request import RunContext, RunRequest
+from bench.training.trainer import TrainObserver
 from studies.spec import OBJECTIVES, ObjectiveSettings, TrialFailedError
 from variants.config import ModelConfig
 from variants.registry import build_model, count_params
@@ -42,23 +42,21 @@ def macs(cfg: ModelConfig, s: ObjectiveSettings) -> float:
 
 
 def validation_pesq(cfg: ModelConfig, s: ObjectiveSettings, trial=None) -> float:
-    """Mean wideband PESQ on the validation split after the training budget (pruned on validation loss)."""
-    import torch
-
+    """Mean wideband PESQ of the best checkpoint on the validation split after the training budget, trained by
+    the run path's train_one (pruned on validation loss)."""
     dataset = open_dataset(s.data)
-    settings = TrainSettings(batch=s.train_batch, crop_seconds=s.crop_seconds, steps=s.steps, minutes=s.minutes,
-                             seed=s.seed, val_every=max(1, (s.steps or 200) // 4))
-    torch.manual_seed(s.seed)
-    folder = Path(s.workdir) / (f"{trial.study.study_name}/trial-{trial.number}" if trial is not None else "trial")
-    model = build_model(replace(cfg, scan="auto"))  # same math as the config's scan, more steps per budget
-    trainer = Trainer(model, PlannedRun("study", cfg, settings, folder), dataset, RunContext(s.device))
-    if trial is not None:
-        trainer.observers.append(_pruner(trial))
-    result = trainer.run()
-    if result.status != "ok":
-        raise TrialFailedError(f"training {result.status}: {result.reason}")
-    evaluation, _ = evaluate(dataset, "val", trainer.model, s.device, workers=1)
-    value = evaluation.summary.set_index("metric").loc["pesq_wb", "mean"]
+    name = f"trial-{trial.number}" if trial is not None else "trial"
+    out = Path(s.workdir) / (trial.study.study_name if trial is not None else "")
+    request = RunRequest((name,), (s.seed,), s.data, steps=s.steps, minutes=s.minutes, batch=s.train_batch,
+                         crop_seconds=s.crop_seconds, val_every=max(1, (s.steps or 200) // 4), out=out,
+                         overwrite=True)  # a trial run again (queued again) starts over
+    # scan auto: same math as the config's scan, more steps per budget
+    run = plan_runs(request, {name: replace(cfg, scan="auto")}, dataset, 1)[0]
+    shared = Shared(dataset, split="val", with_pcs=False, observers=(_pruner(trial),) if trial is not None else ())
+    outcome = train_one(run, RunContext(s.device, workers=1), shared)
+    if outcome.train.status != "ok":
+        raise TrialFailedError(f"training {outcome.train.status}: {outcome.train.reason}")
+    value = outcome.figures.get("pesq_wb", math.nan)
     if not math.isfinite(value):
         raise TrialFailedError("no validation utterance could be scored by PESQ")
     return float(value)

@@ -233,3 +233,61 @@ def test_no_helper_below_preflight_takes_more_than_four_parameters() -> None:
                 if len(names) > 4 and path.name != "__main__.py":
                     wide.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name}({', '.join(names)})")
     assert wide == []
+
+
+class ModuleWalk:
+    """Follows calls through the project's modules (a sys.settrace hook: it sees each Python call): the modules
+    entered, and every climb back up, a call into a module already on the call stack below the caller's
+    (A -> B -> A). A call is the project's own (its caller a project frame) or a submodule's forward run by
+    nn.Module; torch's callbacks into a mode, a hook or an autograd backward are torch's, not a step of the walk."""
+
+    MODULE_CALL = str(Path("torch") / "nn" / "modules" / "module.py")
+    CALLBACKS = ("__torch_function__", "__torch_dispatch__")
+
+    def __init__(self) -> None:
+        self.entered: set[str] = set()
+        self.climbs: dict[tuple[str, str, str], int] = {}
+        self._modules: dict[str, str | None] = {}
+
+    def module_of(self, frame) -> str | None:
+        path = frame.f_code.co_filename
+        if path not in self._modules:
+            rel = path[len(str(ROOT)) + 1:] if path.startswith(str(ROOT)) else ""
+            self._modules[path] = rel if rel.split(os.sep)[0] in PACKAGES else None
+        return self._modules[path]
+
+    def __call__(self, frame, event: str, _arg) -> None:
+        module, caller = self.module_of(frame), frame.f_back
+        if module is None or caller is None or frame.f_code.co_name in self.CALLBACKS:
+            return None
+        if self.module_of(caller) is None and not (caller.f_code.co_filename.endswith(self.MODULE_CALL) and
+                                                   frame.f_code.co_name == "forward"):
+            return None
+        below = []
+        while caller is not None:
+            above = self.module_of(caller)
+            if above and (not below or below[-1] != above):
+                below.append(above)
+            caller = caller.f_back
+        if below and module != below[0]:
+            self.entered.add(module)
+            if module in below:
+                key = (below[0], module, frame.f_code.co_name)
+                self.climbs[key] = self.climbs.get(key, 0) + 1
+        return None
+
+
+def test_a_run_request_walks_down_without_climbing_back(tmp_path: Path) -> None:
+    """Issue 25: following run_experiment call by call, no module calls back up into one it was called from
+    (the trainer called the experiment's progress bar; the STFT's module called the model that called it)."""
+    from bench.training.experiment import RunContext, RunRequest, run_experiment
+
+    request = RunRequest(("optimized",), data="synth:seed=5,train=8,val=4,test=4", steps=1, batch=2,
+                         out=tmp_path / "runs", overrides={"feature_dim": 16, "temporal_layers": 1})
+    walk = ModuleWalk()
+    sys.settrace(walk)
+    try:
+        run_experiment(request, RunContext("cpu", f"sqlite:///{tmp_path / 'mlflow.db'}", workers=1))
+    finally:
+        sys.settrace(None)
+    assert len(walk.entered) > 20 and walk.climbs == {}

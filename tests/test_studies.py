@@ -118,3 +118,22 @@ def test_tpe_samples_a_range_within_its_budget(tmp_path: Path, capsys: pytest.Ca
     capsys.readouterr()
     assert main([*argv[:11], "--sampler", "grid", "--storage", str(storage), "--no-track"]) == 2
     assert "is a range; a grid needs choices" in capsys.readouterr().err
+
+
+def test_pesq_objective_trains_through_the_run_path(tmp_path: Path) -> None:
+    """Issue 25: a pesq trial is a planned run trained by train_one: its folder holds the run path's result and the
+    validation scores (never the test split's), and its pruner hears every validation."""
+    from studies.objectives import validation_pesq
+    from studies.spec import ObjectiveSettings
+    from variants.registry import build_config
+
+    study = optuna.create_study(study_name="q", direction="maximize")
+    trial = study.ask()
+    settings = ObjectiveSettings(data="synth:seed=5,train=8,val=4,test=4", steps=2, train_batch=2,
+                                 workdir=str(tmp_path))
+    value = validation_pesq(build_config("optimized", feature_dim=16, temporal_layers=1), settings, trial)
+    folder = tmp_path / "q" / "trial-0-seed0"
+    result = json.loads((folder / "result.json").read_text())
+    assert 1 <= value <= 4.6 and result["pesq_wb"] == value and result["train_steps"] == 2
+    assert (folder / "val" / "summary.csv").is_file() and not (folder / "test").exists()
+    assert study.trials[0].intermediate_values  # the validation loss reported at each validation

@@ -8,9 +8,9 @@ import torch
 from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
 
 from variants.errors import MbsbenchError
-from variants.layers import istft, stft
 from variants.registry import build_config, build_model, list_variants
 from variants.scan_triton import TRITON, interpreted
+from variants.spectral import istft, stft
 
 # one time scan, bands mixed by the MLP, the 3-tap decoder: the interpreter runs it in about a second
 TINY = {"feature_dim": 16, "temporal_layers": 1}

@@ -4,7 +4,8 @@ from torch import Tensor, nn
 
 from variants.bands import BandSplit
 from variants.config import ModelConfig
-from variants.layers import MaskDecoder3Tap, SpectralEnhancer, group_norm_1, init_like_reference
+from variants.layers import MaskDecoder3Tap, group_norm_1, init_like_reference
+from variants.spectral import SpectralEnhancer
 
 
 class LSTMLayer(nn.Module):

@@ -4,7 +4,8 @@ from torch import Tensor, nn
 
 from variants.bands import BandSplit
 from variants.config import ModelConfig
-from variants.layers import DECODERS, Encoder, OutputHead, SpectralEnhancer, init_like_reference
+from variants.layers import DECODERS, Encoder, OutputHead, init_like_reference
+from variants.spectral import SpectralEnhancer
 
 STREAMS = ("magnitude", "phase")
 

@@ -41,7 +41,7 @@ from bench.training.request import (
     train_settings,
 )
 from bench.training.run_lock import hold_run_folders
-from bench.training.trainer import Trainer, TrainObserver, TrainResult, check_same_math
+from bench.training.trainer import ProgressBar, Trainer, TrainObserver, TrainResult, check_same_math
 from variants.config import ModelConfig
 from variants.errors import MbsbenchError, error_line
 from variants.layers import resolve_scan
@@ -168,11 +168,16 @@ def run_experiment(request: RunRequest, context: RunContext) -> ExperimentOutcom
 
 @dataclass(frozen=True)
 class Shared:
-    """What every run of one experiment shares: the data, the noisy input's scores, the ablation's parent run."""
+    """What every run of one experiment shares: the data, the noisy input's scores, the ablation's parent run,
+    the split its best checkpoints are scored on (a study's: 'val', never the test split) and observers of every
+    training (a study's pruner)."""
 
     dataset: Dataset
-    noisy: Evaluation | None
-    parent_id: str | None
+    noisy: Evaluation | None = None
+    parent_id: str | None = None
+    split: str = "test"
+    with_pcs: bool = True  # the scores of the PCS-processed output too (a study's objective needs none)
+    observers: tuple[TrainObserver, ...] = ()
 
 
 def _run_todo(request: RunRequest, context: RunContext, dataset: Dataset,
@@ -240,18 +245,6 @@ def _parent(request: RunRequest, context: RunContext, dataset: Dataset, todo: li
     return parent_run(context.tracking_uri, request.parent_name, tags, known)
 
 
-class ProgressBar(TrainObserver):
-    """A tqdm bar of the steps with the last loss."""
-
-    def __init__(self, bar):
-        self.bar = bar
-
-    def step(self, step: int, loss: float) -> None:
-        self.bar.n = step
-        self.bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
-        self.bar.update(0)
-
-
 @dataclass
 class Training:
     """A planned run on its way: its trainer and its MLflow record (None when untracked)."""
@@ -288,19 +281,21 @@ def _train_and_score(training: Training, context: RunContext, shared: Shared) ->
     total = None if trainer.total_steps == float("inf") else int(trainer.total_steps)
     main = context.ranks.main
     with progress(total if main else 0, f"train {run.label}", "step") as bar:
-        trainer.observers += [ProgressBar(bar), *([record] if record is not None else [])] if main else []
+        trainer.observers += [*shared.observers, ProgressBar(bar), *([record] if record is not None else [])] \
+            if main else []
         result = trainer.run(run.resumes)
     if not main:  # rank 0 scores, writes and logs; the others are done
         return RunOutcome(run.variant, run.seed, result, None, {})
     evaluation, audio = None, []
     if result.best_path.is_file():
         load_checkpoint(result.best_path, run.config, run.variant, trainer.model)
-        evaluation, audio = evaluate(shared.dataset, "test", trainer.model, context.device, with_pcs=True,
-                                     workers=context.workers, keep_audio=3, precision=run.settings.precision)
+        evaluation, audio = evaluate(shared.dataset, shared.split, trainer.model, context.device,
+                                     with_pcs=shared.with_pcs, workers=context.workers, keep_audio=3,
+                                     precision=run.settings.precision)
     outcome = RunOutcome(run.variant, run.seed, result, evaluation,
                          run_figures(run.config, result, evaluation, shared.noisy), settings=run.settings,
                          folder=run.folder)
-    paths = write_evaluation(evaluation, run.folder / "test") if evaluation else {}
+    paths = write_evaluation(evaluation, run.folder / shared.split) if evaluation else {}
     outcome.run_id = record.run_id if record is not None else ""
     write_result(run.folder / "result.json", outcome, run.key)
     if record is not None:

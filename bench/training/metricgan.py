@@ -21,7 +21,7 @@ from bench.training.distributed import data_parallel
 from bench.training.request import RunContext, TrainSettings
 from variants.config import ModelConfig
 from variants.discriminator import Discriminator
-from variants.layers import stft
+from variants.spectral import stft
 
 
 def compressed_magnitude(wav: Tensor, cfg: ModelConfig) -> Tensor:

@@ -13,7 +13,8 @@ from bench.data.datasets import Pair, load_pair, rms_gain
 from bench.training.request import TrainSettings
 from variants.config import ModelConfig
 from variants.errors import MbsbenchError
-from variants.layers import stft, wrap_phase
+from variants.layers import wrap_phase
+from variants.spectral import stft
 
 
 def se_loss(est: Tensor, clean: Tensor, cfg: ModelConfig, phase_term: bool = False) -> Tensor:

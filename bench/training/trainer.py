@@ -66,6 +66,18 @@ class TrainObserver:
         """After last.pt was written."""
 
 
+class ProgressBar(TrainObserver):
+    """A tqdm bar of the steps with the last loss."""
+
+    def __init__(self, bar):
+        self.bar = bar
+
+    def step(self, step: int, loss: float) -> None:
+        self.bar.n = step
+        self.bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+        self.bar.update(0)
+
+
 class Trainer:
     """Runs the budgeted loop, validating, checkpointing (best.pt, last.pt) and resuming."""
 
