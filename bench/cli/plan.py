@@ -2,8 +2,9 @@
 
 import argparse
 import json
+from pathlib import Path
 
-from bench.cli.common import above, add_command, add_format, add_variant, names, positive_int
+from bench.cli.common import above, add_command, add_format, add_variant, comma_list, names, positive_int
 
 DTYPES = {"fp32": "float32", "bf16": "bfloat16"}
 
@@ -11,8 +12,13 @@ DTYPES = {"fp32": "float32", "bf16": "bfloat16"}
 def cmd_plan(args: argparse.Namespace) -> str:
     from bench.planning.plan import CONTEXT_BYTES, MIB, card_bytes, max_batch, plan, planned_config
     from bench.text import format_table
+    from variants.errors import MbsbenchError
     from variants.registry import build_config, parse_overrides
 
+    if (args.lengths or args.plot) and not args.card:
+        raise MbsbenchError(f"--{'lengths' if args.lengths else 'plot'}: the frontier is per card; give --card too")
+    if args.plot and not args.lengths:
+        raise MbsbenchError("--plot: draws the frontier; give the utterance lengths with --lengths")
     cards = {card: card_bytes(card) for card in args.card}  # an unknown card is refused before any trace
     cfg = planned_config(build_config(args.variant, **parse_overrides(args.set)), args.scan)
     dtype = DTYPES[args.precision]
@@ -21,8 +27,9 @@ def cmd_plan(args: argparse.Namespace) -> str:
         need = row["pred_cuda_peak_reserved_mib"] * MIB + CONTEXT_BYTES
         row[f"fits_{card}"] = need <= total
         row[f"pred_max_batch_{card}"] = max_batch(cfg, args.seconds, total, dtype)
+    frontier = _frontier(args, cfg, cards, dtype)
     if args.format == "json":
-        return json.dumps(row, indent=2)
+        return json.dumps(row | ({"frontier": frontier} if frontier else {}), indent=2)
     figures = [{"figure": k, "value": f"{v:,.1f}" if isinstance(v, float) else str(v)} for k, v in row.items()]
     head = (f"{args.variant}, batch {args.batch} x {args.seconds:g} s, {args.precision}, scan {cfg.scan}: predicted "
             "CUDA figures of one training step (traced on fake tensors; the allocator is modelled, nothing ran on "
@@ -32,13 +39,34 @@ def cmd_plan(args: argparse.Namespace) -> str:
         verdict = "fits" if row[f"fits_{card}"] else "does not fit"
         lines.append(f"card {card}: {verdict} at batch {args.batch}; largest batch predicted to fit: "
                      f"{row[f'pred_max_batch_{card}']}")
+    if frontier:
+        lines += ["largest batch predicted to fit, per utterance length (the batch x length frontier):",
+                  format_table(frontier, list(frontier[0]), list(frontier[0]))]
     return "\n".join(lines)
+
+
+def _frontier(args: argparse.Namespace, cfg, cards: dict[str, int], dtype: str) -> list[dict]:
+    """The frontier rows for --lengths, drawn to --plot when asked (the path is printed)."""
+    from bench.console import status
+    from bench.planning.plan import frontier
+
+    if not args.lengths:
+        return []
+    rows = frontier(cfg, args.lengths, cards, dtype)
+    if args.plot:
+        from bench.planning.frontier_plot import plot_frontier
+
+        title = f"{args.variant}, {args.precision}, scan {cfg.scan}: predicted (traced, no GPU)"
+        status(f"wrote {plot_frontier(rows, title, args.plot)}")
+    return rows
 
 
 def add_plan_command(sub) -> None:
     p = add_command(sub, "plan", "will it fit on my GPU: predicted CUDA peaks and max batch, without a GPU",
                     "  python -m bench plan --variant original --batch 2 --seconds 2 --card 12\n"
-                    "  python -m bench plan --variant optimized --card 24,H100 --format json", cmd_plan)
+                    "  python -m bench plan --variant optimized --card 24,H100 --format json\n"
+                    "  python -m bench plan --variant original --card 12,24 --lengths 1,2,4 --plot frontier.png",
+                    cmd_plan)
     add_variant(p)
     p.add_argument("--batch", type=positive_int, default=6, help="utterances per step (default 6)")
     p.add_argument("--seconds", type=above(0.032, " s (one STFT frame)"), default=2.0,
@@ -48,4 +76,8 @@ def add_plan_command(sub) -> None:
     p.add_argument("--precision", choices=tuple(DTYPES), default="fp32", help="fp32 or bf16 autocast (default fp32)")
     p.add_argument("--card", type=names, default=(), help="comma-separated cards to fit: memory in GB (12, 16, 24, "
                                                           "40, 48, 80) or RTX3090, RTX4090, A100, H100, H200")
+    p.add_argument("--lengths", type=comma_list(float, 0.033),
+                   help="comma-separated seconds per utterance: the largest batch for each card at each length "
+                        "(the batch x length frontier)")
+    p.add_argument("--plot", type=Path, help="write the frontier as a plot to this file (.png, .pdf or .svg)")
     add_format(p)

@@ -150,3 +150,9 @@ def _bracket(guess: int, fit) -> int:
         middle = (low + high) // 2
         low, high = (middle, high) if fit(middle) else (low, middle)
     return low
+
+
+def frontier(cfg: ModelConfig, lengths: tuple[float, ...], cards: dict[str, int], dtype: str = "float32") -> list[dict]:
+    """The batch x length frontier: per utterance length, the largest training batch predicted to fit each card."""
+    return [{"seconds": seconds} | {f"pred_max_batch_{card}": max_batch(cfg, seconds, total, dtype)
+                                    for card, total in cards.items()} for seconds in lengths]

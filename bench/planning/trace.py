@@ -11,13 +11,53 @@ from dataclasses import dataclass, field
 
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from bench.profiling.instruments import TensorOutputs
 from bench.profiling.workload import make_workload
 from variants.config import ModelConfig
 from variants.registry import build_model
 
+PAGE = 4096
 CATEGORIES = ("parameters", "gradients", "optimizer state", "input", "activations and temporaries")
+
+
+def _good_ld(dim: int) -> int:
+    """oneDNN's leading dimension for float32 (rnn_utils::get_good_ld): 64-byte aligned, never a multiple of 256."""
+    ld = -(-dim // 16) * 16
+    return ld + 16 if ld % 256 == 0 else ld
+
+
+def lstm_workspace_bytes(steps: int, batch: int, inputs: int, hidden: int) -> int:
+    """Bytes of the workspace oneDNN's float32 LSTM layer (one direction) keeps for backward when training.
+
+    oneDNN's rnn_utils set_conf and set_offsets: the gates and h of each step, then five state arrays of
+    (steps + 1) x 2 rows (states, c states, and the three diff states), each part starting on a 4 KiB page.
+    torch's fake kernel returns an empty workspace; this is what the real one allocates (checked equal on
+    324 shapes in tests/test_planning.py).
+    """
+    states, c_states = _good_ld(max(inputs, hidden)), hidden
+    rows = 2 * (steps + 1) * batch
+    parts = [steps * batch * _good_ld(4 * hidden), steps * batch * _good_ld(hidden), rows * states,
+             rows * c_states, rows * states, rows * states, rows * c_states]
+    return sum(-(-4 * part // PAGE) * PAGE for part in parts)
+
+
+class LstmWorkspaces(TorchDispatchMode):
+    """oneDNN's LSTM layer with the training workspace its real kernel allocates, in place of the fake kernel's
+    empty one (float32: other dtypes take oneDNN paths whose workspace is not modelled)."""
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if func is not torch.ops.aten.mkldnn_rnn_layer.default:
+            return out
+        given = dict(zip((a.name for a in func._schema.arguments), args)) | (kwargs or {})
+        data = given["input"]
+        if given["train"] and data.dtype == torch.float32:
+            steps, batch = (data.shape[1], data.shape[0]) if given["batch_first"] else data.shape[:2]
+            out = (*out[:3], out[3].new_empty(lstm_workspace_bytes(steps, batch, data.shape[-1],
+                                                                   given["hidden_size"])))
+        return out
 
 
 @dataclass
@@ -64,7 +104,7 @@ def trace_step(cfg: ModelConfig, batch: int, seconds: float, mode: str = "train"
     CUDA scan, whose fake implementation gives its outputs' shapes).
     """
     log = AllocationLog()
-    with FakeTensorMode(), TensorOutputs(log.add):
+    with FakeTensorMode(), TensorOutputs(log.add), LstmWorkspaces():
         torch.manual_seed(0)
         model = build_model(cfg)
         log.label(model.parameters(), "parameters")
