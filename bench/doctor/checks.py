@@ -9,7 +9,8 @@ against the float64 oracle (output and all gradients); the CUDA peak memory inst
 allocation; the max-batch bisection on real OOMs on an emulated 12 GB card (its context and library
 workspaces included); profile rows of original, optimized and bsrnn at batch 6, 2 s with each scan that
 runs here (peak memory, step times, RTF, ops); whether original trains at batch 6, 2 s within 12 GB with
-chunked_ckpt + checkpoint_blocks, and with triton (the reference ran out of memory at batch 2).
+chunked_ckpt + checkpoint_blocks, and with triton (the reference ran out of memory at batch 2); bench plan's
+predicted CUDA peaks beside the measured ones.
 """
 
 import json
@@ -25,6 +26,7 @@ import torch
 
 from bench.console import status
 from bench.devices import resolve_device
+from bench.planning import plan as planner
 from bench.profiling.contention import timing_conditions
 from bench.profiling.instruments import MIB, LiveTensorPeak, cuda_peak_bytes
 from bench.profiling.memory import MemoryCurve, emulated_card, is_oom, max_batch_cuda, release
@@ -202,12 +204,54 @@ def fits_in_card(report: Report, device: str) -> None:
         report.add("original, batch 6, 2 s, in 12 GB", **row)
 
 
+PLANNED_STEPS = ((1, 1.0), (4, 1.0), (1, 2.0), (4, 2.0))  # (batch, seconds): two batches x two lengths
+
+
+def predicted_vs_measured(report: Report, device: str) -> None:
+    """bench plan's predicted CUDA peaks of a training step beside the allocator's measured ones: original,
+    optimized and bsrnn with the scan a plan assumes (auto: Triton), at two batches and two lengths."""
+    for variant in VARIANTS:
+        cfg = planner.planned_config(build_config(variant), "auto")
+        for batch, seconds in PLANNED_STEPS:
+            row = {"variant": variant, "scan": cfg.scan, "batch": batch, "seconds": seconds}
+            try:
+                row |= _measured_step(cfg, batch, seconds, device)
+            except (RuntimeError, MemoryError) as err:
+                if not is_oom(err):
+                    raise
+                row["measured"] = f"out of memory: {first_line(err, 80)}"
+            release(device)
+            predicted = planner.replayed(cfg, batch, seconds, "train", "float32")
+            row |= {"pred_alloc_mib": predicted.peak_allocated / MIB,
+                    "pred_reserved_mib": predicted.peak_reserved / MIB}
+            for kind in ("alloc", "reserved"):
+                if f"{kind}_mib" in row:
+                    row[f"{kind}_error"] = f"{100 * (row[f'pred_{kind}_mib'] / row[f'{kind}_mib'] - 1):+.1f}%"
+            report.add("predicted vs measured CUDA peaks", **row)
+
+
+def _measured_step(cfg, batch: int, seconds: float, device: str) -> dict:
+    """The allocator's peaks of one training step after a warm-up step (Adam's state exists), as bench plan
+    traces it: fresh allocator, model and batch built, peaks reset after the warm-up."""
+    release(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    work = make_workload(measured_model(cfg, device), cfg, batch, seconds, device, "float32")
+    work.train()
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    work.train()
+    torch.cuda.synchronize(device)
+    return {"alloc_mib": torch.cuda.max_memory_allocated(device) / MIB,
+            "reserved_mib": torch.cuda.max_memory_reserved(device) / MIB}
+
+
 SKIPPED_WITHOUT_CUDA = [
     "scans vs float64 on CUDA at the models' shapes (checked here on the CPU, tiny shapes)",
     "the CUDA allocator's peak memory (the live-tensor instrument was checked instead)",
     "max batch in 12 GB by bisection on real CUDA OOMs",
     "profile rows at batch 6, 2 s on the GPU (done here at batch 1, 0.1 s on the CPU)",
     "whether original trains at batch 6, 2 s within 12 GB",
+    "bench plan's predicted CUDA peaks beside measured ones (original, optimized, bsrnn; batch 1/4 x 1/2 s)",
 ]
 
 
@@ -219,7 +263,8 @@ def plan(cuda: bool) -> list[tuple[str, Callable[[Report, str], None]]]:
         return [*common, ("scan vs float64", partial(check_scans, shapes=shapes)),
                 ("peak memory instrument", check_memory_instrument), ("max batch in 12 GB", check_max_batch),
                 ("profile", partial(profile_rows, batch=6, seconds=2.0, repeats=2)),
-                ("original, batch 6, 2 s, in 12 GB", fits_in_card)]
+                ("original, batch 6, 2 s, in 12 GB", fits_in_card),
+                ("predicted vs measured CUDA peaks", predicted_vs_measured)]
     return [*common, ("scan vs float64", partial(check_scans, shapes=[(2, 37, 6, 4)])),
             ("peak memory instrument", check_memory_instrument),
             ("profile", partial(profile_rows, batch=1, seconds=0.1, repeats=1)),
