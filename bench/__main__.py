@@ -1,7 +1,8 @@
-"""python -m bench: list, params, profile, scan, plan, data, evaluate, metrics, run, ablate."""
+"""python -m bench: list, params, profile, scan, plan, latency, data, evaluate, metrics, run, ablate."""
 
 import sys
 
+from bench.cli.latency import add_latency_command
 from bench.cli.measure import add_measure_commands
 from bench.cli.models import add_model_commands
 from bench.cli.plan import add_plan_command
@@ -17,6 +18,7 @@ def make_parser():
     add_model_commands(sub)
     add_measure_commands(sub)
     add_plan_command(sub)
+    add_latency_command(sub)
     add_quality_commands(sub)
     add_run_commands(sub)
     return parser

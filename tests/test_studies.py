@@ -24,6 +24,7 @@ def trials_of(storage: Path) -> list[optuna.trial.FrozenTrial]:
     return optuna.load_study(study_name="mem", storage=backend).trials
 
 
+@pytest.mark.processes  # --workers 2: two spawned worker processes
 def test_search_resumes_without_repeating(tmp_path: Path) -> None:
     storage = tmp_path / "studies.log"
     assert main([*SEARCH, "--trials", "4", "--workers", "2", "--storage", str(storage)]) == 0

@@ -60,6 +60,7 @@ def small_profile(strict: bool) -> dict:
     return profile_variant("optimized", cfg, settings)
 
 
+@pytest.mark.processes  # a busy process beside the timing
 def test_a_profile_row_timed_beside_a_busy_process_is_marked_and_strict_refuses_it() -> None:
     """The acceptance: a row measured under contention is marked (never a silent number); --strict-timing
     refuses its times."""

@@ -28,15 +28,17 @@ def width_runs(widths: tuple[int, ...]) -> list[tuple[int, int, int]]:
 
 
 class RunNorm(nn.Module):
-    """GroupNorm(1, C) of each band of a run over its (T x C) block: x (B, bands, T, C), affine per band."""
+    """GroupNorm(1, C) of each band of a run over its (T x C) block, or over each frame's C alone (per_frame: causal):
+    x (B, bands, T, C), affine per band."""
 
-    def __init__(self, bands: int, channels: int):
+    def __init__(self, bands: int, channels: int, per_frame: bool = False):
         super().__init__()
         self.weight = nn.Parameter(torch.ones(bands, channels))
         self.bias = nn.Parameter(torch.zeros(bands, channels))
+        self.dims = 1 if per_frame else 2
 
     def forward(self, x: Tensor) -> Tensor:
-        normed = F.layer_norm(x, x.shape[-2:], eps=GROUP_NORM_EPS)  # statistics over (T, C) per (B, band)
+        normed = F.layer_norm(x, x.shape[-self.dims:], eps=GROUP_NORM_EPS)  # over (T, C), or C, per (B, band)
         return torch.addcmul(self.bias[:, None], normed, self.weight[:, None])
 
 
@@ -63,10 +65,10 @@ class RunLinear(nn.Module):
 class BandSplit(nn.Module):
     """Per band of w bins: re/im as 2w features, GroupNorm(1, 2w) over (2w x T), Linear(2w -> N)."""
 
-    def __init__(self, widths: tuple[int, ...], channels: int):
+    def __init__(self, widths: tuple[int, ...], channels: int, per_frame: bool = False):
         super().__init__()
         self.widths, self.runs = tuple(widths), width_runs(tuple(widths))
-        self.run_norms = nn.ModuleList(RunNorm(bands, 2 * w) for _, bands, w in self.runs)
+        self.run_norms = nn.ModuleList(RunNorm(bands, 2 * w, per_frame) for _, bands, w in self.runs)
         self.run_fcs = nn.ModuleList(RunLinear(bands, 2 * w, channels) for _, bands, w in self.runs)
         self._register_load_state_dict_pre_hook(self._from_per_band)
 
@@ -101,10 +103,10 @@ class BandHeads(nn.Module):
     """
 
     def __init__(self, widths: tuple[int, ...], channels: int, hidden: int, per_bin: int,
-                 per_band: Callable[[Tensor], Tensor] | None = None):
+                 per_band: Callable[[Tensor], Tensor] | None = None, per_frame: bool = False):
         super().__init__()
         self.runs, self.per_band = width_runs(tuple(widths)), per_band
-        self.norm = RunNorm(len(widths), channels)
+        self.norm = RunNorm(len(widths), channels, per_frame)
         self.hidden = RunLinear(len(widths), channels, hidden)
         self.outs = nn.ModuleList(RunLinear(bands, hidden, w * per_bin) for _, bands, w in self.runs)
         self._register_load_state_dict_pre_hook(self._from_per_band)

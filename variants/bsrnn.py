@@ -31,7 +31,7 @@ class BSRNN(SpectralEnhancer):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
-        self.band_split = BandSplit(cfg.band_widths, cfg.feature_dim)
+        self.band_split = BandSplit(cfg.band_widths, cfg.feature_dim, cfg.band_norm == "frame")
         self.time_layers = nn.ModuleList(LSTMLayer(cfg.feature_dim, False) for _ in range(cfg.temporal_layers))
         self.band_layers = nn.ModuleList(LSTMLayer(cfg.feature_dim, True) for _ in range(cfg.band_layers))
         self.decoder = MaskDecoder3Tap(cfg)

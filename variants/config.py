@@ -17,7 +17,12 @@ CHOICES: dict[str, tuple] = {
     "skip_d": ("learned", "const_d_inner"),
     "dt_bias_init": ("log_uniform", "zeroed"),
     "scan_clamps": ("none", "seed"),
+    "band_norm": ("time", "frame"),
+    "mask_taps": ("centered", "past"),
 }
+# fields added after runs and checkpoints were recorded: while at their default they stay out of to_dict, so the
+# run keys and checkpoints of earlier runs still match (a saved config without them means the default)
+ADDED_FIELDS: dict[str, object] = {"band_norm": "time", "mask_taps": "centered"}
 # fields that change how the same function is computed, not what it is: a checkpoint loads whatever they say
 EXECUTION_FIELDS: tuple[str, ...] = ("scan", "chunk_size", "checkpoint_blocks", "pcs")
 POSITIVE: tuple[str, ...] = (
@@ -61,6 +66,11 @@ class ModelConfig:
     dt_bias_init: str = "log_uniform"  # seed bug "zeroed": dt_proj bias re-initialised to 0
     scan_clamps: str = "none"  # seed bug "seed": the reference scan's six clamps
     pcs: bool = False  # apply perceptual contrast stretching at inference (variants/pcs.py)
+    # the band split's and band heads' GroupNorm(1, C): statistics over the whole utterance ("time", as the
+    # reference: not causal) or over each frame's features alone ("frame": causal, and nothing to carry when
+    # streaming, where a running mean over time would be state and a warm-up)
+    band_norm: str = "time"
+    mask_taps: str = "centered"  # the 3-tap mask's frames: t-1, t, t+1 (reads one frame ahead) or "past": t-2..t
 
     def __post_init__(self) -> None:
         for name, allowed in CHOICES.items():
@@ -103,8 +113,9 @@ class ModelConfig:
         return self.dt_rank or -(-self.d_inner // 16)
 
     def to_dict(self) -> dict:
-        """Flat dict of every field (band_widths as a list), for logging and JSON."""
-        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        """Flat dict of every field (band_widths a list; ADDED_FIELDS only off their default), for logging and JSON."""
+        out = {f.name: getattr(self, f.name) for f in fields(self)
+               if f.name not in ADDED_FIELDS or getattr(self, f.name) != ADDED_FIELDS[f.name]}
         out["band_widths"] = list(self.band_widths)
         return out
 

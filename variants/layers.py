@@ -172,8 +172,9 @@ class DualMagPhaseDecoder(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         hidden = cfg.decoder_hidden * cfg.feature_dim
-        self.mag = BandHeads(cfg.band_widths, cfg.feature_dim, hidden, 1)
-        self.phase = BandHeads(cfg.band_widths, cfg.feature_dim, hidden, 1)
+        per_frame = cfg.band_norm == "frame"
+        self.mag = BandHeads(cfg.band_widths, cfg.feature_dim, hidden, 1, per_frame=per_frame)
+        self.phase = BandHeads(cfg.band_widths, cfg.feature_dim, hidden, 1, per_frame=per_frame)
 
     def forward(self, streams: list[Tensor], spec: Tensor) -> Tensor:
         mask = torch.sigmoid(self.mag(streams[0])).transpose(1, 2)  # (B, F, T)
@@ -182,22 +183,26 @@ class DualMagPhaseDecoder(nn.Module):
 
 
 class MaskDecoder3Tap(nn.Module):
-    """BSRNN's decoder: per band GLU -> complex mask of 3 taps per bin, applied across time."""
+    """BSRNN's decoder: per band GLU -> complex mask of 3 taps per bin, applied across time (frames t-1, t, t+1;
+    mask_taps='past': t-2, t-1, t, no lookahead)."""
 
     paths = 1
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         hidden = cfg.decoder_hidden * cfg.feature_dim
-        self.heads = BandHeads(cfg.band_widths, cfg.feature_dim, hidden, 12, per_band=partial(F.glu, dim=-1))
+        self.heads = BandHeads(cfg.band_widths, cfg.feature_dim, hidden, 12, per_band=partial(F.glu, dim=-1),
+                               per_frame=cfg.band_norm == "frame")
+        self.lookahead = 1 if cfg.mask_taps == "centered" else 0  # frames after t the taps read
 
     def forward(self, streams: list[Tensor], spec: Tensor) -> Tensor:
         m = self.heads(streams[0])  # (B, T, 6F): per band, GLU of its 12w outputs
         m = m.unflatten(-1, (-1, 3, 2))  # (B, T, F, 3, 2)
         m = torch.view_as_complex(m.to(spec.real.dtype).contiguous()).transpose(1, 2)  # (B, F, T, 3)
-        padded = F.pad(torch.view_as_real(spec), (0, 0, 1, 1))  # zero frame on each side of time
-        padded = torch.view_as_complex(padded)  # (B, F, T + 2)
-        return m[..., 0] * padded[..., :-2] + m[..., 1] * spec + m[..., 2] * padded[..., 2:]
+        after = self.lookahead  # zero frames: 1 before and 1 after t (centered), or 2 before (past)
+        padded = torch.view_as_complex(F.pad(torch.view_as_real(spec), (0, 0, 2 - after, after)))  # (B, F, T + 2)
+        t = spec.shape[-1]
+        return m[..., 0] * padded[..., :t] + m[..., 1] * padded[..., 1 : t + 1] + m[..., 2] * padded[..., 2:]
 
 
 DECODERS = {"dual_magphase": DualMagPhaseDecoder, "mask3tap": MaskDecoder3Tap}

@@ -22,7 +22,7 @@ class MBSNet(SpectralEnhancer):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
-        self.band_split = BandSplit(cfg.band_widths, cfg.feature_dim)
+        self.band_split = BandSplit(cfg.band_widths, cfg.feature_dim, cfg.band_norm == "frame")
         n_encoders = 2 if cfg.encoder == "two_branch" else 1
         self.encoders = nn.ModuleList(Encoder(cfg) for _ in range(n_encoders))
         decoder = DECODERS[cfg.decoder]

@@ -35,6 +35,16 @@ CHANGE_TEXT: dict[str, str] = {
     "no_output_net": "no output nets (heads) after the encoders",
     "mask_decoder": "complex 3-tap mask decoder (hidden 2N) instead of the dual mag/phase decoder",
 }
+# single changes toward streaming, composable like the eight (optimized+causal_norm) but not among the eight that
+# turn original into optimized, nor in its ablation
+CAUSAL_CHANGES: dict[str, dict[str, tuple[Any, Any]]] = {
+    "causal_norm": {"band_norm": ("time", "frame")},
+    "causal_mask": {"mask_taps": ("centered", "past")},
+}
+CAUSAL_TEXT: dict[str, str] = {
+    "causal_norm": "band split and band heads normalised per frame instead of over the utterance",
+    "causal_mask": "3-tap mask over frames t-2..t instead of t-1..t+1 (no lookahead)",
+}
 # the seven changes the seed's proposal names (optimized_design), and the eight the built optimized model has
 PROPOSED = ("chunked_scan", "expand1", "unidirectional", "shared_encoder", "band_mlp", "d_state12")
 OPTIMIZED_CHANGES = (*PROPOSED, "no_output_net", "mask_decoder")
@@ -51,8 +61,8 @@ def lookup(table: dict, key: str, kind: str) -> Any:
 
 def apply_change(cfg: ModelConfig, change: str, forward: bool = True) -> ModelConfig:
     """Return cfg with one single change applied (forward) or taken back."""
-    pairs = lookup(CHANGES, change, "change")
-    if cfg.arch != "mbsnet":
+    pairs = lookup(CHANGES | CAUSAL_CHANGES, change, "change")
+    if cfg.arch != "mbsnet" and change not in CAUSAL_CHANGES:  # the causal ones touch layers BSRNN shares
         raise MbsbenchError(f"change {change!r} applies to MBS-Net variants, not arch={cfg.arch!r}")
     pick = 1 if forward else 0
     target = {name: values[pick] for name, values in pairs.items()}
@@ -88,6 +98,10 @@ BASES: dict[str, tuple[ModelConfig, str]] = {
         ModelConfig(arch="bsrnn", feature_dim=64, temporal_layers=5, band_layers=5, decoder="mask3tap"),
         "BSRNN baseline N=64, 5+5 LSTM layers, 3-tap mask decoder",
     ),
+    "optimized_causal": (
+        apply_changes(OPTIMIZED, tuple(CAUSAL_CHANGES)),
+        "optimized + causal_norm + causal_mask: reads no future beyond the STFT window (streams)",
+    ),
     "original_seed": (
         replace(ORIGINAL, dt_bias_init="zeroed"),
         "original as the reference trained it (dt_proj bias zeroed)",
@@ -120,9 +134,9 @@ def describe(name: str) -> str:
     for step in steps:
         change = step[1:]
         if step[0] == "+":
-            parts.append(f"with {change}: {lookup(CHANGE_TEXT, change, 'change')}")
+            parts.append(f"with {change}: {lookup(CHANGE_TEXT | CAUSAL_TEXT, change, 'change')}")
         else:
-            back = ", ".join(f"{k}={v[0]}" for k, v in lookup(CHANGES, change, "change").items())
+            back = ", ".join(f"{k}={v[0]}" for k, v in lookup(CHANGES | CAUSAL_CHANGES, change, "change").items())
             parts.append(f"without {change} (back to {back})")
     return f"{base} " + "; ".join(parts)
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from variants.config import EXECUTION_FIELDS, ModelConfig
+from variants.config import ADDED_FIELDS, EXECUTION_FIELDS, ModelConfig
 from variants.errors import MbsbenchError
 
 
@@ -67,11 +67,10 @@ def read_checkpoint(path: Path, map_location: str = "cpu") -> dict:
 
 def check_same_model(data: dict, path: Path, cfg: ModelConfig, variant: str) -> None:
     """A checkpoint of another config is an error naming the fields that differ."""
-    ours = cfg.to_dict()
-    saved = data["config"]
-    differ = [k for k in ours if k not in EXECUTION_FIELDS and saved.get(k) != ours[k]]
+    ours, saved = (ADDED_FIELDS | config for config in (cfg.to_dict(), data["config"]))  # absent: the default
+    differ = [k for k in ours | saved if k not in EXECUTION_FIELDS and saved.get(k) != ours.get(k)]
     if differ:
-        fields = ", ".join(f"{k}={saved.get(k)!r} (here {ours[k]!r})" for k in differ[:4])
+        fields = ", ".join(f"{k}={saved.get(k)!r} (here {ours.get(k)!r})" for k in differ[:4])
         raise MbsbenchError(f"checkpoint {path} was trained as {data.get('variant')!r}, not {variant!r}: {fields}")
 
 
