@@ -1,0 +1,45 @@
+"""The streaming engine (issue 27): one hop or any chunk at a time, equal to the offline causal model."""
+
+import pytest
+import torch
+
+from variants.errors import MbsbenchError
+from variants.registry import build_config, build_model
+from variants.streaming import StreamingEnhancer, enhance_streaming
+
+
+@pytest.mark.parametrize("name", ["optimized_causal", "original+unidirectional+causal_norm"])
+def test_streaming_equals_the_offline_model_at_any_chunking(name: str) -> None:
+    """Hop-aligned, random-length and one-sample chunks, a length no hop divides, a batch of two: the state
+    carried (conv inputs, scan state, the mask's past frames, the overlap-add) and the end reflected on flush."""
+    torch.manual_seed(0)
+    cfg = build_config(name, **({} if name == "optimized_causal" else {"feature_dim": 32, "temporal_layers": 2}))
+    model = build_model(cfg).eval()
+    wav = torch.randn(2, 5000 + 77) * 0.1
+    with torch.no_grad():
+        offline = model(wav)
+    sizes = torch.randint(1, 900, (40,), generator=torch.Generator().manual_seed(1)).tolist()
+    for chunks in ([cfg.hop] * 60, sizes, [1] * 600):
+        streamed = enhance_streaming(model, wav, chunks)
+        assert streamed.shape == offline.shape
+        assert float((streamed - offline).abs().max()) <= 1e-5 * float(offline.abs().max()), chunks[:3]
+
+
+def test_each_push_returns_what_no_coming_frame_changes() -> None:
+    """Output lags the input by the window: a hop in, a hop out once the first window is full."""
+    cfg = build_config("optimized_causal", feature_dim=16)
+    engine = StreamingEnhancer(build_model(cfg))
+    lengths = [engine.push(torch.zeros(1, cfg.hop)).shape[1] for _ in range(8)]
+    assert lengths == [0, 0, 0, 128, 128, 128, 128, 128]
+    assert engine.flush().shape[1] == 8 * cfg.hop - sum(lengths)
+
+
+@pytest.mark.parametrize(("name", "fragment"), [
+    ("optimized", "band_norm=time normalises over the utterance (add causal_norm)"),
+    ("optimized+causal_norm", "mask_taps=centered reads a frame ahead (add causal_mask)"),
+    ("original+causal_norm", "bidirectional_time=True runs a backward scan (add unidirectional)"),
+])
+def test_a_model_that_reads_ahead_is_refused_naming_why(name: str, fragment: str) -> None:
+    with pytest.raises(MbsbenchError, match=f"cannot stream this model: {fragment}".replace("(", "\\(")
+                       .replace(")", "\\)")):
+        StreamingEnhancer(build_model(build_config(name, feature_dim=16)))
