@@ -1,6 +1,6 @@
 """What MLflow holds, as tidy pandas frames: profiles, trained runs, studies and their trials."""
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pandas as pd
@@ -23,11 +23,12 @@ class Store:
     runs: pd.DataFrame
     trials: pd.DataFrame
     studies: pd.DataFrame
+    streams: pd.DataFrame = field(default_factory=pd.DataFrame)
     device: str = ""  # the device the profiles and runs were kept for ('' : all)
 
     def devices(self) -> list[str]:
         """The devices the profiles and trained runs were measured on, oldest first."""
-        frames = [f[["start_time", "device"]] for f in (self.profiles, self.runs)
+        frames = [f[["start_time", "device"]] for f in (self.profiles, self.runs, self.streams)
                   if not f.empty and "device" in f]
         if not frames:
             return []
@@ -40,7 +41,8 @@ class Store:
                 return frame
             return frame[frame["device"].fillna("").str.contains(device, regex=False)].copy()
 
-        return replace(self, profiles=keep(self.profiles), runs=keep(self.runs), device=device)
+        return replace(self, profiles=keep(self.profiles), runs=keep(self.runs), streams=keep(self.streams),
+                       device=device)
 
 
 def _finished(frame: pd.DataFrame, task: str | None = None) -> pd.DataFrame:
@@ -57,8 +59,9 @@ def load_store(uri: str) -> Store:
     study_runs = runs_table(uri, EXPERIMENTS["study"])
     store = Store(uri, _finished(runs_table(uri, EXPERIMENTS["profile"])),
                   _finished(runs_table(uri, EXPERIMENTS["run"]), "run"),
-                  _finished(study_runs, "study-trial"), _finished(study_runs, "study"))
-    if store.profiles.empty and store.runs.empty and store.trials.empty:
+                  _finished(study_runs, "study-trial"), _finished(study_runs, "study"),
+                  _finished(runs_table(uri, EXPERIMENTS["stream"]), "stream"))
+    if store.profiles.empty and store.runs.empty and store.trials.empty and store.streams.empty:
         raise MbsbenchError(f"no mbsbench runs in {uri}: run python -m bench profile / run first")
     return store
 

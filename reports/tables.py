@@ -355,7 +355,26 @@ def device_tables(store: Store) -> list[Table]:
     """The tables whose numbers depend on the device (the store holds one)."""
     tables = [main_table(store)]
     tables += [t for t in (ablation_table(store, "original"), ablation_table(store, "optimized")) if t]
-    return [*tables, claims_table(store)]
+    return [*tables, claims_table(store), *[t for t in (deployment_table(store),) if t]]
+
+
+DEPLOYMENT = [("Latency (ms)", "latency_ms", ".2f"), ("Hop (ms)", "hop_ms", ".0f"),
+              ("Compute/hop median (ms)", "hop_compute_median_ms", ".2f"), ("p99 (ms)", "hop_compute_p99_ms", ".2f"),
+              ("max (ms)", "hop_compute_max_ms", ".2f"), ("RTF", "rtf", ".3f"), ("State (KiB)", "state_kib", ".0f")]
+
+
+def deployment_table(store: Store) -> Table | None:
+    """The newest `bench stream` of each variant: latency, compute per hop, RTF, state, the DNS rule."""
+    if store.streams.empty:
+        return None
+    newest = store.streams.sort_values("start_time").groupby("variant").tail(1)
+    rows = [[run["variant"], *[format(float(run[key]), spec) for _, key, spec in DEPLOYMENT],
+             run["dns_rule"], f"{int(float(run['threads']))}", run["timing"]] for _, run in newest.iterrows()]
+    caption = ("Streaming: each causal variant stepped one hop at a time (batch 1, `bench stream`); latency "
+               "measured by an impulse probe; DNS rule: latency <= 40 ms and every hop computed within the hop. "
+               "Timing 'busy' marks a run measured while other processes used the CPU.")
+    return Table("deployment", caption, ["Variant", *[h for h, _, _ in DEPLOYMENT], "DNS rule", "Threads", "Timing"],
+                 rows, **reproduce_from(newest))
 
 
 def all_tables(store: Store, device: str = "") -> list[Table]:
@@ -363,8 +382,8 @@ def all_tables(store: Store, device: str = "") -> list[Table]:
     naming it (`device` keeps only the devices whose name contains it)."""
     if device:
         everything, store = store, store.on(device)
-        if store.profiles.empty and store.runs.empty:
-            raise MbsbenchError(f"--device {device!r}: no profile or run in {store.uri} was measured on such a "
+        if store.profiles.empty and store.runs.empty and store.streams.empty:
+            raise MbsbenchError(f"--device {device!r}: no profile, run or stream in {store.uri} was measured on such a "
                                 f"device; devices there: {', '.join(everything.devices()) or 'none'}")
     devices = store.devices()
     if len(devices) <= 1:

@@ -1,5 +1,7 @@
 """The streaming engine (issue 27): one hop or any chunk at a time, equal to the offline causal model."""
 
+import json
+
 import pytest
 import torch
 
@@ -43,3 +45,38 @@ def test_a_model_that_reads_ahead_is_refused_naming_why(name: str, fragment: str
     with pytest.raises(MbsbenchError, match=f"cannot stream this model: {fragment}".replace("(", "\\(")
                        .replace(")", "\\)")):
         StreamingEnhancer(build_model(build_config(name, feature_dim=16)))
+
+
+def test_bench_stream_logs_its_figures_and_the_deployment_table_shows_them(tmp_path, capsys) -> None:
+    from bench.__main__ import main as bench
+    from reports.collect import load_store
+    from reports.tables import deployment_table
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    argv = ["stream", "--variant", "optimized_causal", "--set", "feature_dim=16", "--seconds", "1.2"]
+    assert bench([*argv, "--tracking-uri", uri, "--format", "json"]) == 0
+    row = json.loads(capsys.readouterr().out)
+    assert row["latency_ms"] == 31.9375 and row["hop_ms"] == 8.0 and row["threads"] == 1
+    assert 0 < row["hop_compute_median_ms"] <= row["hop_compute_p99_ms"] <= row["hop_compute_max_ms"]
+    assert row["hops_timed"] == 150 - 20 and row["state_kib"] > 0 and row["dns_rule"] in ("pass", "fail")
+    assert row["rtf"] == pytest.approx(row["hop_compute_median_ms"] / 8.0, rel=1.0)
+    table = deployment_table(load_store(uri))
+    assert table.rows[0][:2] == ["optimized_causal", "31.94"] and table.rows[0][-3] == row["dns_rule"]
+    assert table.command == ("python -m bench stream --variant optimized_causal --set feature_dim=16 --seconds 1.2 "
+                             "--format json "
+                             "&& python -m reports tables")
+
+
+@pytest.mark.parametrize(("argv", "fragment"), [
+    (["--variant", "optimized"], "cannot stream this model: band_norm=time normalises over the utterance"),
+    (["--variant", "optimized_causal", "--seconds", "0.5"], "--seconds 0.5: expected a number > 1.0 s"),
+])
+def test_bench_stream_bad_input_is_one_line(argv: list[str], fragment: str, capsys) -> None:
+    from bench.__main__ import main as bench
+
+    try:
+        code = bench(["stream", *argv, "--no-track"])
+    except SystemExit as exit_:
+        code = exit_.code
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and fragment in err[0], err

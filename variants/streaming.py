@@ -67,6 +67,11 @@ class StreamingEnhancer:
         self.ola = self._zeros(batch, 0)  # overlap-add, padded index from `ola_first` on
         self.ola_first = 0
 
+    def state_bytes(self) -> int:
+        """Bytes carried between pushes: input and overlap-add buffers, conv inputs, scan states, past frames."""
+        tensors = [self.samples, self.ola, self.past_spec] + [t for st in self.states.values() for t in (st.conv, st.h)]
+        return sum(t.numel() * t.element_size() for t in tensors)
+
     def _zeros(self, *shape: int) -> Tensor:
         return torch.zeros(*shape, dtype=self.dtype, device=self.device)
 

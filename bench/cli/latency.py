@@ -1,9 +1,9 @@
-"""`bench latency`: which variants can stream, and their algorithmic latency, measured by an impulse probe."""
+"""`bench latency` (which variants stream, their latency, by an impulse probe); `bench stream` (one hop at a time)."""
 
 import argparse
 import json
 
-from bench.cli.common import add_command, add_format, add_set, positive_int
+from bench.cli.common import above, add_command, add_format, add_set, add_tracking, positive_int, tracking_uri
 
 
 def cmd_latency(args: argparse.Namespace) -> str:
@@ -41,4 +41,40 @@ def add_latency_command(sub) -> None:
     p.add_argument("--seeds", type=positive_int, default=2, help="noise inputs probed, each at two instants "
                                                                  "(default 2)")
     add_set(p)
+    add_format(p)
+
+
+def cmd_stream(args: argparse.Namespace) -> str:
+    from bench.console import status
+    from bench.profiling.streaming import DNS_LATENCY_MS, measure_stream
+    from bench.text import format_table
+    from bench.tracking.records import record_stream
+    from variants.registry import build_config, parse_overrides
+
+    cfg = build_config(args.variant, **parse_overrides(args.set))
+    uri = tracking_uri(args)  # checked before the work
+    row = {"variant": args.variant} | measure_stream(cfg, args.seconds)
+    if uri:
+        status(f"logged as MLflow run {record_stream(row, cfg.to_dict(), uri)} in {uri}")
+    if args.format == "json":
+        return json.dumps(row, indent=2)
+    figures = [{"figure": k, "value": f"{v:,.3f}" if isinstance(v, float) else str(v)} for k, v in row.items()]
+    rule = (f"DNS rule (latency <= {DNS_LATENCY_MS:g} ms and every hop computed within its {row['hop_ms']:g} ms, "
+            f"batch 1, {row['threads']} thread(s)): {row['dns_rule']}")
+    if row["timing_contended"]:
+        rule += f"; timed while other processes used {row['timing_other_cores']:.2f} cores: rerun on an idle machine"
+    return "\n".join([f"{args.variant} streamed one hop at a time for {args.seconds:g} s of audio",
+                      format_table(figures, ["figure", "value"], ["value"]), rule])
+
+
+def add_stream_command(sub) -> None:
+    p = add_command(sub, "stream", "a causal variant stepped one hop at a time: latency, compute per hop, DNS rule",
+                    "  python -m bench stream --variant optimized_causal\n"
+                    "  python -m bench stream --variant optimized_causal --threads 2 --format json", cmd_stream)
+    p.add_argument("--variant", required=True, help="a causal registered name, e.g. optimized_causal "
+                                                    "(python -m bench latency --variant '*')")
+    p.add_argument("--seconds", type=above(1.0, " s"), default=10.0, help="seconds of audio streamed (default 10)")
+    p.add_argument("--threads", type=positive_int, default=1, help="torch's CPU threads (default 1, the DNS rule's)")
+    add_set(p)
+    add_tracking(p)
     add_format(p)

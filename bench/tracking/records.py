@@ -97,6 +97,16 @@ def keep_unlogged(rows: list[dict], task: str) -> Path:
     return path
 
 
+def record_stream(row: dict, config: dict, uri: str) -> str:
+    """Log a `bench stream` (experiment 'stream'): the streaming figures, the DNS rule and the timing conditions."""
+    tags = provenance_tags(row["device"]) | {"task": "stream", "variant": row["variant"], "dns_rule": row["dns_rule"],
+                                             "timing": row["timing"]}
+    with start_run(uri, EXPERIMENTS["stream"], f"stream {row['variant']}", tags) as run:
+        run.log_params(config | {"stream_seconds": row["seconds"], "stream_threads": row["threads"]})
+        run.log_metrics({k: v for k, v in row.items() if isinstance(v, int | float) and not isinstance(v, bool)})
+        return run.run_id
+
+
 def record_scan_bench(rows: list[dict], uri: str, device: str, settings: dict) -> str:
     """Log a `bench scan` table (experiment 'scan'): one metric per row and figure."""
     with start_run(uri, EXPERIMENTS["scan"], "scan bench", provenance_tags(device) | {"task": "scan"}) as run:

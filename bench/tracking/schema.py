@@ -12,6 +12,7 @@ EXPERIMENTS: dict[str, str] = {
     "evaluate": "mbsbench-evaluate",
     "scan": "mbsbench-scan",
     "study": "mbsbench-study",
+    "stream": "mbsbench-stream",
 }
 
 # per-utterance quality metrics, in the order every table shows them
