@@ -1,8 +1,8 @@
-"""python -m bench: list, params, profile, scan, plan, latency, stream, data, evaluate, metrics, run, ablate."""
+"""python -m bench: list, params, profile, scan, plan, latency, stream, export, data, evaluate, metrics, run, ablate."""
 
 import sys
 
-from bench.cli.latency import add_latency_command, add_stream_command
+from bench.cli.latency import add_export_command, add_latency_command, add_stream_command
 from bench.cli.measure import add_measure_commands
 from bench.cli.models import add_model_commands
 from bench.cli.plan import add_plan_command
@@ -20,6 +20,7 @@ def make_parser():
     add_plan_command(sub)
     add_latency_command(sub)
     add_stream_command(sub)
+    add_export_command(sub)
     add_quality_commands(sub)
     add_run_commands(sub)
     return parser

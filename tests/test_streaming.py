@@ -80,3 +80,23 @@ def test_bench_stream_bad_input_is_one_line(argv: list[str], fragment: str, caps
         code = exit_.code
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and fragment in err[0], err
+
+
+def test_the_exported_onnx_step_streams_what_torch_streams(tmp_path) -> None:
+    """bench export writes the step (state in, state out); onnxruntime steps it to the offline model's output
+    (1e-4), every state carried from frame to frame through the ONNX graph."""
+    pytest.importorskip("onnxruntime")
+    from bench.__main__ import main as bench
+    from bench.export import OnnxStep
+    from variants.streaming import FrameStep
+
+    path = tmp_path / "step.onnx"
+    assert bench(["export", "--variant", "optimized_causal", "--set", "feature_dim=16", "--onnx", str(path)]) == 0
+    torch.manual_seed(0)  # the export's untrained weights (its --seed)
+    model = build_model(build_config("optimized_causal", feature_dim=16)).eval()
+    wav = torch.randn(1, 3000) * 0.1
+    with torch.no_grad():
+        offline = model(wav)
+    engine = StreamingEnhancer(model, runner=OnnxStep(path, FrameStep(model)))
+    streamed = torch.cat([engine.push(wav[:, :1234]), engine.push(wav[:, 1234:]), engine.flush()], dim=1)
+    assert float((streamed - offline).abs().max()) <= 1e-4 * float(offline.abs().max())

@@ -74,7 +74,10 @@ class BandSplit(nn.Module):
 
     def forward(self, spec: Tensor) -> Tensor:
         """Band features (B, T, K, N) of a complex STFT (B, F, T)."""
-        x = torch.view_as_real(spec)  # (B, F, T, 2)
+        return self.from_real(torch.view_as_real(spec))
+
+    def from_real(self, x: Tensor) -> Tensor:
+        """Band features (B, T, K, N) of an STFT as real and imaginary parts (B, F, T, 2)."""
         b, _, t, _ = x.shape
         out, first_bin = [], 0
         for (_, bands, w), norm, fc in zip(self.runs, self.run_norms, self.run_fcs):

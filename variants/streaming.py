@@ -1,18 +1,17 @@
 """Frame-by-frame inference of a causal MBS-Net: one hop in, what is final out, the state carried.
 
-The state: the input samples a coming frame still needs, the depthwise conv's last inputs and the selective
-scan's hidden state of every Mamba block, the two spectrum frames the past-only 3-tap mask reads, and the
-overlap-add buffer of the inverse STFT. The offline model's centred STFT reflects the signal at both ends;
-the start is within the first frames' reach, and `flush` reflects the end once the length is known, so the
-concatenated output equals the offline model's on the whole utterance (float32: within 1e-5).
+FrameStep is the model on one frame with its state in and out (what `bench export --onnx` exports);
+StreamingEnhancer carries that state and the STFT's input and overlap-add buffers between pushes. The
+offline model's centred STFT reflects the signal at both ends; the start is within the first frames' reach,
+and `flush` reflects the end once the length is known, so the concatenated output equals the offline
+model's on the whole utterance (float32: within 1e-5).
 """
 
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from variants.errors import MbsbenchError
 from variants.layers import MambaBlock, MaskDecoder3Tap
@@ -36,44 +35,124 @@ def check_streamable(model: MBSNet) -> None:
             raise MbsbenchError(f"cannot stream this model: {why}")
 
 
-@dataclass
-class BlockState:
-    """A Mamba block between frames: its conv's last d_conv - 1 inputs and the scan's hidden state."""
+class FrameStep(nn.Module):
+    """The model on one STFT frame, every state passed in and returned: (samples of the frame, *state) ->
+    (its windowed synthesis frame, *state). Real arithmetic only (the DFT as two matmuls), so that torch's
+    ONNX exporter takes it whole. The state: per Mamba block its conv's last d_conv - 1 inputs (b*K, d,
+    d_conv - 1) and scan state (b*K, d, d_state); the two past spectrum frames (b, F, 2, 2) the 3-tap mask
+    reads (t-2, t-1; real, imaginary)."""
 
-    conv: Tensor  # (b, d_inner, d_conv - 1)
-    h: Tensor  # (b, d_inner, d_state)
+    def __init__(self, model: MBSNet):
+        super().__init__()
+        check_streamable(model)
+        self.model, self.cfg = model.eval(), model.cfg
+        size, dtype = self.cfg.n_fft, next(model.parameters()).dtype
+        k = torch.arange(size, dtype=torch.float64)
+        f = torch.arange(size // 2 + 1, dtype=torch.float64)
+        angle = 2 * math.pi * k[:, None] * f[None] / size  # (n_fft, F)
+        window = torch.hann_window(size, dtype=torch.float64)
+        weight = torch.full_like(f, 2.0 / size)
+        weight[0] = weight[-1] = 1.0 / size  # irfft: DC and Nyquist once, the others twice
+        self.register_buffer("analysis", torch.stack([angle.cos(), -angle.sin()]).mul(window[:, None]).to(dtype))
+        self.register_buffer("synthesis", torch.stack([angle.T.cos(), -angle.T.sin()]).mul(weight[:, None])
+                             .mul(window).to(dtype))  # (2, F, n_fft), the window applied
+        self.blocks = [block for encoder in model.encoders for block in encoder.time_blocks]
+        self.eval()
+
+    def initial_state(self, batch: int) -> list[Tensor]:
+        """Zeros: no input before the first frame (as the offline model's padding)."""
+        cfg, dtype = self.cfg, self.analysis.dtype
+        rows, bins = batch * len(cfg.band_widths), cfg.n_fft // 2 + 1
+        per_block = [torch.zeros(rows, cfg.d_inner, cfg.d_conv - 1, dtype=dtype),
+                     torch.zeros(rows, cfg.d_inner, cfg.d_state, dtype=dtype)]
+        return [*(t.clone() for _ in self.blocks for t in per_block), torch.zeros(batch, bins, 2, 2, dtype=dtype)]
+
+    def forward(self, samples: Tensor, *state: Tensor) -> tuple[Tensor, ...]:
+        spec = torch.stack([samples @ self.analysis[0], samples @ self.analysis[1]], dim=-1)  # (b, F, 2)
+        state, past = list(state[:-1]), state[-1]
+        z = self.model.band_split.from_real(spec[:, :, None])  # (b, 1, K, N): per-frame norm and Linear
+        features = []
+        for encoder in self.model.encoders:
+            x, state = self._encoder(encoder, z, state)
+            features.append(x)
+        model = self.model
+        streams = [features[min(i, len(features) - 1)] for i in range(model.n_streams)]
+        if model.heads is not None:
+            streams = [head(x) for head, x in zip(model.heads, streams)]
+        if model.decoder.paths == 1 and len(streams) == 2:
+            streams = [(streams[0] + streams[1]) / 2]
+        if isinstance(model.decoder, MaskDecoder3Tap):
+            out, past = self._mask3tap(model.decoder, streams[0], spec, past)
+        else:
+            out = self._mag_phase(model.decoder, streams, spec)
+        synthesis = out[..., 0] @ self.synthesis[0] + out[..., 1] @ self.synthesis[1]
+        return (synthesis, *state, past)
+
+    def _encoder(self, encoder, x: Tensor, state: list[Tensor]) -> tuple[Tensor, list[Tensor]]:
+        b, _, k, n = x.shape
+        seq = x.transpose(1, 2).reshape(b * k, 1, n)
+        for block in encoder.time_blocks:
+            at = 2 * self.blocks.index(block)
+            seq, state[at], state[at + 1] = self._mamba(block, seq, state[at], state[at + 1])
+        temporal = seq.reshape(b, k, 1, n).transpose(1, 2)
+        across = encoder.band_mixer(temporal.reshape(b, k, n)).reshape(b, 1, k, n)
+        return encoder.norm(temporal + across), state
+
+    @staticmethod
+    def _mamba(block: MambaBlock, x: Tensor, conv: Tensor, h: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """One step of a Mamba block on (b, 1, N): the conv over its last inputs, the scan's recurrence."""
+        ssm = block.ssm
+        xs, z = block.in_proj(block.norm(x))[:, 0].chunk(2, dim=-1)  # (b, d) each
+        window = torch.cat([conv, xs[..., None]], dim=-1)  # (b, d, d_conv): oldest first, as the padding
+        xc = F.silu((window * ssm.conv1d.weight[:, 0]).sum(-1) + ssm.conv1d.bias)
+        delta = F.softplus(ssm.dt_proj(ssm.x_proj_dt(xc)))  # (b, d)
+        A = -torch.exp(ssm.A_log)  # (d, n)
+        h = torch.exp(delta[..., None] * A) * h + (delta * xc)[..., None] * ssm.B_proj(xc)[:, None]
+        y = (h * ssm.C_proj(xc)[:, None]).sum(-1) + ssm.D * xc
+        return x + block.out_proj(y * F.silu(z))[:, None], window[..., 1:], h
+
+    @staticmethod
+    def _mask3tap(decoder: MaskDecoder3Tap, stream: Tensor, spec: Tensor, past: Tensor) -> tuple[Tensor, Tensor]:
+        """The past-only 3-tap complex mask on frames t-2, t-1, t, in real and imaginary parts."""
+        m = decoder.heads(stream)[:, 0].unflatten(-1, (-1, 3, 2))  # (b, F, 3, 2)
+        frames = torch.cat([past, spec[:, :, None]], dim=2)  # (b, F, 3, 2): t-2, t-1, t
+        re = m[..., 0] * frames[..., 0] - m[..., 1] * frames[..., 1]
+        im = m[..., 0] * frames[..., 1] + m[..., 1] * frames[..., 0]
+        return torch.stack([re.sum(-1), im.sum(-1)], dim=-1), frames[:, :, 1:]
+
+    @staticmethod
+    def _mag_phase(decoder, streams: list[Tensor], spec: Tensor) -> Tensor:
+        """|X| m exp(i (angle X + o)) without the angle: rotate X by o and scale it by m."""
+        mask = torch.sigmoid(decoder.mag(streams[0]))[:, 0]  # (b, F)
+        offset = torch.tanh(decoder.phase(streams[1]))[:, 0] * math.pi
+        cos, sin = torch.cos(offset), torch.sin(offset)
+        re, im = spec[..., 0], spec[..., 1]
+        return torch.stack([mask * (re * cos - im * sin), mask * (re * sin + im * cos)], dim=-1)
 
 
 class StreamingEnhancer:
     """push(samples) -> the enhanced samples that are final; flush() -> the rest (same total length)."""
 
-    def __init__(self, model: MBSNet, batch: int = 1):
-        check_streamable(model)
-        self.model, self.cfg = model.eval(), model.cfg
-        param = next(model.parameters())
-        self.dtype, self.device = param.dtype, param.device
-        self.window = torch.hann_window(self.cfg.n_fft, dtype=self.dtype, device=self.device)
+    def __init__(self, model: MBSNet, batch: int = 1, runner=None):
+        """`runner` steps frames in place of FrameStep(model) (an exported step), called the same way."""
+        step = FrameStep(model)
+        self.step, self.cfg = runner or step, model.cfg
+        self.dtype = step.analysis.dtype
+        self.state = step.initial_state(batch)
+        self.window = torch.hann_window(self.cfg.n_fft, dtype=self.dtype)
         self.pad = self.cfg.n_fft // 2
         self.batch = batch
-        self.blocks = [block for encoder in model.encoders for block in encoder.time_blocks]
-        d, n, k = self.cfg.d_inner, self.cfg.d_state, len(self.cfg.band_widths)
-        self.states = {id(b): BlockState(self._zeros(batch * k, d, self.cfg.d_conv - 1),
-                                         self._zeros(batch * k, d, n)) for b in self.blocks}
-        bins = self.cfg.n_fft // 2 + 1
-        self.past_spec = torch.zeros(batch, bins, 2, dtype=torch.complex64 if self.dtype != torch.float64
-                                     else torch.complex128, device=self.device)  # spectra t-2, t-1
         self.samples = self._zeros(batch, 0)  # input from sample `first` on
         self.first = self.received = self.frames = self.emitted = 0
         self.ola = self._zeros(batch, 0)  # overlap-add, padded index from `ola_first` on
         self.ola_first = 0
 
     def state_bytes(self) -> int:
-        """Bytes carried between pushes: input and overlap-add buffers, conv inputs, scan states, past frames."""
-        tensors = [self.samples, self.ola, self.past_spec] + [t for st in self.states.values() for t in (st.conv, st.h)]
-        return sum(t.numel() * t.element_size() for t in tensors)
+        """Bytes carried between pushes: the step's state and the input and overlap-add buffers."""
+        return sum(t.numel() * t.element_size() for t in [self.samples, self.ola, *self.state])
 
     def _zeros(self, *shape: int) -> Tensor:
-        return torch.zeros(*shape, dtype=self.dtype, device=self.device)
+        return torch.zeros(*shape, dtype=self.dtype)
 
     @torch.no_grad()
     def push(self, chunk: Tensor) -> Tensor:
@@ -98,23 +177,20 @@ class StreamingEnhancer:
 
     def _input_frame(self, t: int, total: int | None) -> Tensor:
         """Samples t*hop - pad .. t*hop + pad - 1 of the input, reflected at the start (and the end, once known)."""
-        index = torch.arange(t * self.cfg.hop - self.pad, t * self.cfg.hop + self.pad, device=self.device)
-        index = index.abs()  # x[-k] = x[k]
+        index = torch.arange(t * self.cfg.hop - self.pad, t * self.cfg.hop + self.pad).abs()  # x[-k] = x[k]
         if total is not None:
             index = torch.where(index >= total, 2 * (total - 1) - index, index)  # x[total - 1 + k] = x[total - 1 - k]
         return self.samples[:, index - self.first]
 
     def _frame(self, samples: Tensor) -> None:
-        spec = torch.fft.rfft(samples * self.window, dim=-1)  # (b, F): this frame of the offline STFT
-        enhanced = self._enhance(spec)
-        t, hop = self.frames, self.cfg.hop
-        start = t * hop - self.ola_first
+        synthesis, *self.state = self.step(samples, *self.state)
+        start = self.frames * self.cfg.hop - self.ola_first
         grow = start + self.cfg.n_fft - self.ola.shape[1]
         if grow > 0:
             self.ola = F.pad(self.ola, (0, grow))
-        self.ola[:, start:start + self.cfg.n_fft] += torch.fft.irfft(enhanced, n=self.cfg.n_fft, dim=-1) * self.window
+        self.ola[:, start:start + self.cfg.n_fft] += synthesis
         self.frames += 1
-        keep_from = max(0, self.frames * hop - self.cfg.n_fft)  # what coming frames (and the reflected end) read
+        keep_from = max(0, self.frames * self.cfg.hop - self.cfg.n_fft)  # what coming frames and the end read
         if keep_from > self.first:
             self.samples, self.first = self.samples[:, keep_from - self.first:], keep_from
 
@@ -122,7 +198,7 @@ class StreamingEnhancer:
         """Output samples emitted .. upto - 1 (original indices), divided by the window envelope."""
         if upto <= self.emitted:
             return self._zeros(self.batch, 0)
-        padded = torch.arange(self.emitted + self.pad, upto + self.pad, device=self.device)
+        padded = torch.arange(self.emitted + self.pad, upto + self.pad)
         out = self.ola[:, padded - self.ola_first] / self._envelope(padded, total)
         self.emitted = upto
         drop = self.emitted + self.pad - self.ola_first
@@ -133,56 +209,12 @@ class StreamingEnhancer:
         """Sum of the squared window over the frames that cover each padded index (fewer at the two ends)."""
         hop, size = self.cfg.hop, self.cfg.n_fft
         last = (1 + total // hop if total is not None else self.frames) - 1
-        envelope = torch.zeros(padded.shape, dtype=self.dtype, device=self.device)
+        envelope = torch.zeros(padded.shape, dtype=self.dtype)
         for back in range(math.ceil(size / hop)):
             t = padded // hop - back
             inside = (t >= 0) & (t <= last) & (padded - t * hop < size)
             envelope += torch.where(inside, self.window[(padded - t * hop).clamp(0, size - 1)] ** 2, 0.0)
         return envelope
-
-    def _enhance(self, spec: Tensor) -> Tensor:
-        """One spectrum frame (b, F) through the model, every layer stepped."""
-        model = self.model
-        z = model.band_split(spec[..., None])  # (b, 1, K, N): per-frame norm, per-frame Linear
-        features = [self._encoder(encoder, z) for encoder in model.encoders]
-        streams = [features[min(i, len(features) - 1)] for i in range(model.n_streams)]
-        if model.heads is not None:
-            streams = [head(x) for head, x in zip(model.heads, streams)]
-        if model.decoder.paths == 1 and len(streams) == 2:
-            streams = [(streams[0] + streams[1]) / 2]
-        if isinstance(model.decoder, MaskDecoder3Tap):
-            return self._mask3tap(model.decoder, streams[0], spec)
-        return model.decoder(streams, spec[..., None])[..., 0]  # mag/phase: frame by frame
-
-    def _encoder(self, encoder, x: Tensor) -> Tensor:
-        b, _, k, n = x.shape
-        seq = x.transpose(1, 2).reshape(b * k, 1, n)
-        for block in encoder.time_blocks:
-            seq = self._mamba(block, seq)
-        temporal = seq.reshape(b, k, 1, n).transpose(1, 2)
-        across = encoder.band_mixer(temporal.reshape(b, k, n)).reshape(b, 1, k, n)
-        return encoder.norm(temporal + across)
-
-    def _mamba(self, block: MambaBlock, x: Tensor) -> Tensor:
-        """One step of a Mamba block on (b, 1, N), its conv inputs and scan state carried."""
-        state, ssm = self.states[id(block)], block.ssm
-        xs, z = block.in_proj(block.norm(x))[:, 0].chunk(2, dim=-1)  # (b, d) each
-        window = torch.cat([state.conv, xs[..., None]], dim=-1)  # (b, d, d_conv): oldest first, as the padding
-        state.conv = window[..., 1:]
-        xc = F.silu((window * ssm.conv1d.weight[:, 0]).sum(-1) + ssm.conv1d.bias)
-        delta = F.softplus(ssm.dt_proj(ssm.x_proj_dt(xc)))  # (b, d)
-        A = -torch.exp(ssm.A_log)  # (d, n)
-        state.h = torch.exp(delta[..., None] * A) * state.h + (delta * xc)[..., None] * ssm.B_proj(xc)[:, None]
-        y = (state.h * ssm.C_proj(xc)[:, None]).sum(-1) + ssm.D * xc
-        return x + block.out_proj(y * F.silu(z))[:, None]
-
-    def _mask3tap(self, decoder: MaskDecoder3Tap, stream: Tensor, spec: Tensor) -> Tensor:
-        """The past-only 3-tap mask on frames t-2, t-1, t (zeros before the first, as the offline padding)."""
-        m = decoder.heads(stream)[:, 0].unflatten(-1, (-1, 3, 2))  # (b, F, 3, 2)
-        m = torch.view_as_complex(m.to(spec.real.dtype).contiguous())  # (b, F, 3)
-        frames = torch.cat([self.past_spec, spec[..., None]], dim=-1)  # (b, F, 3): t-2, t-1, t
-        self.past_spec = frames[..., 1:]
-        return (m * frames).sum(-1)
 
 
 def enhance_streaming(model: MBSNet, wav: Tensor, chunks: list[int]) -> Tensor:

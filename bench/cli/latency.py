@@ -2,6 +2,7 @@
 
 import argparse
 import json
+from pathlib import Path
 
 from bench.cli.common import above, add_command, add_format, add_set, add_tracking, positive_int, tracking_uri
 
@@ -53,7 +54,7 @@ def cmd_stream(args: argparse.Namespace) -> str:
 
     cfg = build_config(args.variant, **parse_overrides(args.set))
     uri = tracking_uri(args)  # checked before the work
-    row = {"variant": args.variant} | measure_stream(cfg, args.seconds)
+    row = {"variant": args.variant} | measure_stream(cfg, args.seconds, args.runtime)
     if uri:
         status(f"logged as MLflow run {record_stream(row, cfg.to_dict(), uri)} in {uri}")
     if args.format == "json":
@@ -63,7 +64,7 @@ def cmd_stream(args: argparse.Namespace) -> str:
             f"batch 1, {row['threads']} thread(s)): {row['dns_rule']}")
     if row["timing_contended"]:
         rule += f"; timed while other processes used {row['timing_other_cores']:.2f} cores: rerun on an idle machine"
-    return "\n".join([f"{args.variant} streamed one hop at a time for {args.seconds:g} s of audio",
+    return "\n".join([f"{args.variant} streamed one hop at a time for {args.seconds:g} s of audio ({args.runtime})",
                       format_table(figures, ["figure", "value"], ["value"]), rule])
 
 
@@ -75,6 +76,41 @@ def add_stream_command(sub) -> None:
                                                     "(python -m bench latency --variant '*')")
     p.add_argument("--seconds", type=above(1.0, " s"), default=10.0, help="seconds of audio streamed (default 10)")
     p.add_argument("--threads", type=positive_int, default=1, help="torch's CPU threads (default 1, the DNS rule's)")
+    p.add_argument("--runtime", choices=("torch", "onnxruntime"), default="torch",
+                   help="what steps the frames: torch, or the exported ONNX step in onnxruntime (default torch)")
     add_set(p)
     add_tracking(p)
     add_format(p)
+
+
+def cmd_export(args: argparse.Namespace) -> str:
+    import torch
+
+    from bench.export import export_onnx
+    from variants.registry import build_config, build_model, parse_overrides
+    from variants.streaming import FrameStep
+
+    cfg = build_config(args.variant, **parse_overrides(args.set))
+    torch.manual_seed(args.seed)  # untrained weights, the same on every export of this seed
+    model = build_model(cfg)
+    if args.checkpoint:
+        from bench.training.checkpoint import load_checkpoint
+
+        load_checkpoint(args.checkpoint, model.cfg, args.variant, model)
+    path = export_onnx(FrameStep(model), args.onnx)
+    return (f"wrote {path}: {args.variant}'s streaming step (one {model.cfg.n_fft}-sample frame and the state in, the "
+            "windowed synthesis frame and the state out; overlap-add it at a hop of "
+            f"{model.cfg.hop} and divide by the window envelope, as variants/streaming.py does)")
+
+
+def add_export_command(sub) -> None:
+    p = add_command(sub, "export", "a causal variant's streaming step as an ONNX file (state in, state out)",
+                    "  python -m bench export --variant optimized_causal --onnx step.onnx\n"
+                    "  python -m bench export --variant optimized_causal --checkpoint runs/x/best.pt --onnx step.onnx",
+                    cmd_export)
+    p.add_argument("--variant", required=True, help="a causal registered name, e.g. optimized_causal")
+    p.add_argument("--onnx", type=Path, required=True, help="the ONNX file to write")
+    p.add_argument("--checkpoint", type=Path, help="trained weights (best.pt or last.pt of a bench run)")
+    p.add_argument("--seed", type=int, default=0, help="the seed of the untrained weights without --checkpoint "
+                                                       "(default 0)")
+    add_set(p)
