@@ -51,3 +51,20 @@ def test_a_causal_checkpoint_never_loads_into_the_offline_model() -> None:
     with pytest.raises(MbsbenchError, match="band_norm='time' \\(here 'frame'\\)"):
         check_same_model({"config": offline.to_dict(), "variant": "optimized"}, "last.pt", causal, "optimized_causal")
     check_same_model({"config": offline.to_dict()}, "last.pt", offline, "optimized")  # the same: no error
+
+
+def test_causal_scaling_trains_and_runs_on_the_signal_as_recorded(tmp_path) -> None:
+    """The reference's input gain reads the whole utterance; causal_scaling leaves the input as recorded in the
+    crops, validation and evaluation alike; optimized_causal trains through the normal run path."""
+    import numpy as np
+
+    from bench.data.datasets import input_gain
+    from bench.training.experiment import RunContext, RunRequest, run_experiment
+
+    noisy = np.full(1600, 0.01)
+    assert input_gain(noisy, build_config("optimized")) == pytest.approx(100.0)
+    assert input_gain(noisy, build_config("optimized_causal")) == 1.0
+    request = RunRequest(("optimized_causal",), data="synth:seed=5,train=8,val=4,test=4", steps=2, batch=2,
+                         out=tmp_path / "runs", overrides={"feature_dim": 16})
+    outcome = run_experiment(request, RunContext("cpu", None, workers=1))
+    assert outcome.runs[0].train.status == "ok" and outcome.runs[0].figures["pesq_wb_n"] == 4

@@ -19,10 +19,11 @@ CHOICES: dict[str, tuple] = {
     "scan_clamps": ("none", "seed"),
     "band_norm": ("time", "frame"),
     "mask_taps": ("centered", "past"),
+    "input_scaling": ("utterance", "none"),
 }
 # fields added after runs and checkpoints were recorded: while at their default they stay out of to_dict, so the
 # run keys and checkpoints of earlier runs still match (a saved config without them means the default)
-ADDED_FIELDS: dict[str, object] = {"band_norm": "time", "mask_taps": "centered"}
+ADDED_FIELDS: dict[str, object] = {"band_norm": "time", "mask_taps": "centered", "input_scaling": "utterance"}
 # fields that change how the same function is computed, not what it is: a checkpoint loads whatever they say
 EXECUTION_FIELDS: tuple[str, ...] = ("scan", "chunk_size", "checkpoint_blocks", "pcs")
 POSITIVE: tuple[str, ...] = (
@@ -71,6 +72,9 @@ class ModelConfig:
     # streaming, where a running mean over time would be state and a warm-up)
     band_norm: str = "time"
     mask_taps: str = "centered"  # the 3-tap mask's frames: t-1, t, t+1 (reads one frame ahead) or "past": t-2..t
+    # the reference scales each input by c = sqrt(len / sum(noisy^2)) (and the output back), which reads the whole
+    # utterance; "none": the model trains and runs on the signal as recorded, as a stream must
+    input_scaling: str = "utterance"
 
     def __post_init__(self) -> None:
         for name, allowed in CHOICES.items():

@@ -40,10 +40,12 @@ CHANGE_TEXT: dict[str, str] = {
 CAUSAL_CHANGES: dict[str, dict[str, tuple[Any, Any]]] = {
     "causal_norm": {"band_norm": ("time", "frame")},
     "causal_mask": {"mask_taps": ("centered", "past")},
+    "causal_scaling": {"input_scaling": ("utterance", "none")},
 }
 CAUSAL_TEXT: dict[str, str] = {
     "causal_norm": "band split and band heads normalised per frame instead of over the utterance",
     "causal_mask": "3-tap mask over frames t-2..t instead of t-1..t+1 (no lookahead)",
+    "causal_scaling": "input as recorded instead of scaled by the utterance's level (which a stream cannot know)",
 }
 # the seven changes the seed's proposal names (optimized_design), and the eight the built optimized model has
 PROPOSED = ("chunked_scan", "expand1", "unidirectional", "shared_encoder", "band_mlp", "d_state12")
@@ -100,7 +102,7 @@ BASES: dict[str, tuple[ModelConfig, str]] = {
     ),
     "optimized_causal": (
         apply_changes(OPTIMIZED, tuple(CAUSAL_CHANGES)),
-        "optimized + causal_norm + causal_mask: reads no future beyond the STFT window (streams)",
+        "optimized + causal_norm + causal_mask + causal_scaling: reads no future beyond the STFT window (streams)",
     ),
     "original_seed": (
         replace(ORIGINAL, dt_bias_init="zeroed"),

@@ -16,6 +16,7 @@ import soundfile as sf
 import soxr
 
 from bench.data.synth import SAMPLE_RATE, SynthSettings, ensure_corpus
+from variants.config import ModelConfig
 from variants.errors import MbsbenchError, first_line
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
@@ -123,6 +124,11 @@ def rms_gain(noisy: np.ndarray) -> float:
     """The reference's input normalisation: c = sqrt(len / sum(noisy^2)); both signals are scaled by c."""
     energy = float((noisy**2).sum())
     return math.sqrt(len(noisy) / energy) if energy > 0 else 1.0
+
+
+def input_gain(noisy: np.ndarray, cfg: ModelConfig) -> float:
+    """The gain a model's input (and target) is scaled by: rms_gain, or 1 for input_scaling='none'."""
+    return rms_gain(noisy) if cfg.input_scaling == "utterance" else 1.0
 
 
 def check_pair(pair: Pair) -> list[Problem]:

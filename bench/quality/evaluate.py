@@ -10,7 +10,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from bench.data.datasets import Dataset, Pair, check_pair, is_skipped, load_pair, rms_gain
+from bench.data.datasets import Dataset, Pair, check_pair, input_gain, is_skipped, load_pair
 from bench.devices import autocast
 from bench.quality.metrics import METRICS, score_many, summarize
 from bench.text import format_table
@@ -36,7 +36,7 @@ def enhance(model: nn.Module | None, noisy: np.ndarray, device: str, precision: 
     if model is None:
         return noisy
 
-    gain = rms_gain(noisy)  # the model sees inputs normalised as in training; the output is scaled back
+    gain = input_gain(noisy, model.cfg)  # the model sees inputs normalised as in training; the output scaled back
     dtype = next(model.parameters()).dtype
     with torch.no_grad(), autocast(device, precision):
         out = model(torch.from_numpy(noisy * gain).to(device, dtype)[None], pcs=False)

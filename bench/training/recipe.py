@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from bench.data.datasets import Pair, load_pair, rms_gain
+from bench.data.datasets import Pair, input_gain, load_pair
 from bench.training.request import TrainSettings
 from variants.config import ModelConfig
 from variants.errors import MbsbenchError
@@ -31,12 +31,13 @@ def se_loss(est: Tensor, clean: Tensor, cfg: ModelConfig, phase_term: bool = Fal
 class CropSampler:
     """Batches of random crops, a pure function of (seed, epoch, index): resumable by construction."""
 
-    def __init__(self, pairs: list[Pair], settings: TrainSettings, sample_rate: int):
+    def __init__(self, pairs: list[Pair], settings: TrainSettings, cfg: ModelConfig):
         batch = settings.batch
         if not pairs or batch > len(pairs):
             raise MbsbenchError(f"batch {batch}: the training split has {len(pairs)} utterances")
         self.pairs, self.size, self.seed = pairs, batch, settings.seed
-        self.crop = round(settings.crop_seconds * sample_rate)
+        self.crop = round(settings.crop_seconds * cfg.sample_rate)
+        self.cfg = cfg
         self.per_epoch = max(1, len(pairs) // batch)
         self.cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
@@ -69,7 +70,7 @@ class CropSampler:
             if len(clean) < self.crop:  # shorter files are tiled, as the reference does
                 clean, noisy = np.resize(clean, self.crop), np.resize(noisy, self.crop)
             clean, noisy = clean[start : start + self.crop], noisy[start : start + self.crop]
-            gain = rms_gain(noisy)
+            gain = input_gain(noisy, self.cfg)
             cleans.append(clean * gain)
             noisies.append(noisy * gain)
         return torch.from_numpy(np.stack(cleans)).float(), torch.from_numpy(np.stack(noisies)).float()

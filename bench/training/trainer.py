@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from bench.data.datasets import Dataset, load_pair, rms_gain
+from bench.data.datasets import Dataset, input_gain, load_pair
 from bench.devices import autocast, parameter_dtype
 from bench.interrupts import Interrupted, stop_requests
 from bench.training import distributed
@@ -89,7 +89,7 @@ class Trainer:
         self.model, self.cfg, self.variant, self.s = model.to(device, self.dtype).train(), cfg, run.variant, settings
         self.val, self.folder, self.device, self.fingerprint = data.split("val"), run.folder, device, data.fingerprint
         self.ranks, self.net = ranks, distributed.data_parallel(self.model, ranks, device)
-        self.sampler = CropSampler(data.split("train"), settings, cfg.sample_rate)
+        self.sampler = CropSampler(data.split("train"), settings, cfg)
         # foreach: one multi-tensor op per update stage, not one op per parameter tensor (360 in original)
         self.optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr, foreach=True)
         self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, settings.lr_step_epochs, settings.lr_gamma)
@@ -144,7 +144,7 @@ class Trainer:
         with torch.no_grad():
             for pair in self.val:
                 clean, noisy = load_pair(pair)
-                gain = rms_gain(noisy)
+                gain = input_gain(noisy, self.cfg)
                 c = torch.from_numpy(clean * gain)[None].to(self.device, dtype)
                 n = torch.from_numpy(noisy * gain)[None].to(self.device, dtype)
                 with autocast(self.device, self.s.precision):
