@@ -58,7 +58,7 @@ def test_bench_stream_logs_its_figures_and_the_deployment_table_shows_them(tmp_p
     row = json.loads(capsys.readouterr().out)
     assert row["latency_ms"] == 31.9375 and row["hop_ms"] == 8.0 and row["threads"] == 1
     assert 0 < row["hop_compute_median_ms"] <= row["hop_compute_p99_ms"] <= row["hop_compute_max_ms"]
-    assert row["hops_timed"] == 150 - 20 and row["state_kib"] > 0 and row["dns_rule"] in ("pass", "fail")
+    assert row["pushes_timed"] == 150 - 20 and row["state_kib"] > 0 and row["dns_rule"] in ("pass", "fail")
     assert row["rtf"] == pytest.approx(row["hop_compute_median_ms"] / 8.0, rel=1.0)
     table = deployment_table(load_store(uri))
     assert table.rows[0][:2] == ["optimized_causal", "31.94"] and table.rows[0][-3] == row["dns_rule"]
@@ -70,6 +70,8 @@ def test_bench_stream_logs_its_figures_and_the_deployment_table_shows_them(tmp_p
 @pytest.mark.parametrize(("argv", "fragment"), [
     (["--variant", "optimized"], "cannot stream this model: band_norm=time normalises over the utterance"),
     (["--variant", "optimized_causal", "--seconds", "0.5"], "--seconds 0.5: expected a number > 1.0 s"),
+    (["--variant", "optimized_causal", "--chunk", "100"], "--chunk 100: expected a multiple of the hop (128 samples)"),
+    (["--variant", "optimized_causal", "--chunk", "0"], "--chunk 0: expected an integer >= 1"),
 ])
 def test_bench_stream_bad_input_is_one_line(argv: list[str], fragment: str, capsys) -> None:
     from bench.__main__ import main as bench

@@ -47,14 +47,15 @@ def add_latency_command(sub) -> None:
 
 def cmd_stream(args: argparse.Namespace) -> str:
     from bench.console import status
-    from bench.profiling.streaming import DNS_LATENCY_MS, measure_stream
+    from bench.profiling.streaming import DNS_LATENCY_MS, StreamSettings, measure_stream
     from bench.text import format_table
     from bench.tracking.records import record_stream
     from variants.registry import build_config, parse_overrides
 
     cfg = build_config(args.variant, **parse_overrides(args.set))
     uri = tracking_uri(args)  # checked before the work
-    row = {"variant": args.variant} | measure_stream(cfg, args.seconds, args.runtime)
+    settings = StreamSettings(args.seconds, args.chunk or 0, args.runtime)
+    row = {"variant": args.variant} | measure_stream(cfg, settings)
     if uri:
         status(f"logged as MLflow run {record_stream(row, cfg.to_dict(), uri)} in {uri}")
     if args.format == "json":
@@ -64,7 +65,8 @@ def cmd_stream(args: argparse.Namespace) -> str:
             f"batch 1, {row['threads']} thread(s)): {row['dns_rule']}")
     if row["timing_contended"]:
         rule += f"; timed while other processes used {row['timing_other_cores']:.2f} cores: rerun on an idle machine"
-    return "\n".join([f"{args.variant} streamed one hop at a time for {args.seconds:g} s of audio ({args.runtime})",
+    return "\n".join([f"{args.variant} streamed {row['chunk']} samples at a time for {args.seconds:g} s of audio "
+                      f"({args.runtime}); compute per hop = a push's time / its hops",
                       format_table(figures, ["figure", "value"], ["value"]), rule])
 
 
@@ -76,6 +78,7 @@ def add_stream_command(sub) -> None:
                                                     "(python -m bench latency --variant '*')")
     p.add_argument("--seconds", type=above(1.0, " s"), default=10.0, help="seconds of audio streamed (default 10)")
     p.add_argument("--threads", type=positive_int, default=1, help="torch's CPU threads (default 1, the DNS rule's)")
+    p.add_argument("--chunk", type=positive_int, help="samples per push: a multiple of the hop (default one hop)")
     p.add_argument("--runtime", choices=("torch", "onnxruntime"), default="torch",
                    help="what steps the frames: torch, or the exported ONNX step in onnxruntime (default torch)")
     add_set(p)
