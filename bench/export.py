@@ -1,6 +1,7 @@
 """The streaming step as an ONNX file (torch's exporter), and an onnxruntime session that steps like FrameStep."""
 
 import contextlib
+import importlib.util
 import io
 import logging
 import warnings
@@ -9,6 +10,11 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import Tensor
+
+try:  # the [onnx] extra: without it, only --runtime onnxruntime is refused
+    import onnxruntime
+except ImportError:
+    onnxruntime = None
 
 from variants.errors import MbsbenchError
 from variants.streaming import FrameStep
@@ -23,11 +29,8 @@ def state_names(step: FrameStep) -> tuple[list[str], list[str]]:
 
 def export_onnx(step: FrameStep, path: Path) -> Path:
     """FrameStep at batch 1 to `path` (state in, state out): an ONNX graph onnxruntime runs without torch."""
-    try:
-        import onnxscript  # noqa: F401  (torch's exporter needs it; checked here for a one-line error)
-    except ImportError:
-        raise MbsbenchError("--onnx: torch's ONNX exporter needs onnxscript and onnx: pip install -e '.[onnx]'") \
-            from None
+    if importlib.util.find_spec("onnxscript") is None:  # torch's exporter imports it: a one-line error instead
+        raise MbsbenchError("--onnx: torch's ONNX exporter needs onnxscript and onnx: pip install -e '.[onnx]'")
     inputs, outputs = state_names(step)
     frame = torch.zeros(1, step.cfg.n_fft, dtype=step.analysis.dtype)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -44,10 +47,8 @@ class OnnxStep:
     """An exported step in onnxruntime, called as FrameStep is: (frame, *state) -> (synthesis, *state)."""
 
     def __init__(self, path: Path, step: FrameStep):
-        try:
-            import onnxruntime
-        except ImportError:
-            raise MbsbenchError("--runtime onnxruntime: pip install -e '.[onnx]'") from None
+        if onnxruntime is None:
+            raise MbsbenchError("--runtime onnxruntime: pip install -e '.[onnx]'")
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = torch.get_num_threads()  # the same threads as the torch step it stands in for
         self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
