@@ -23,3 +23,10 @@ def format_table(rows: Sequence[dict], columns: Sequence[str], right: Sequence[s
         return "  ".join(parts).rstrip()
 
     return "\n".join([line(columns), line(["-" * w for w in widths])] + [line(r) for r in cells])
+
+
+def figure_table(row: dict, float_format: str) -> str:
+    """One row as a two-column table (figure, value), floats as `float_format` says: a command's single result."""
+    figures = [{"figure": k, "value": format(v, float_format) if isinstance(v, float) else str(v)}
+               for k, v in row.items()]
+    return format_table(figures, ["figure", "value"], ["value"])

@@ -48,7 +48,7 @@ def add_latency_command(sub) -> None:
 def cmd_stream(args: argparse.Namespace) -> str:
     from bench.console import status
     from bench.profiling.streaming import DNS_LATENCY_MS, StreamSettings, measure_stream
-    from bench.text import format_table
+    from bench.text import figure_table
     from bench.tracking.records import record_stream
     from variants.registry import build_config, parse_overrides
 
@@ -60,14 +60,13 @@ def cmd_stream(args: argparse.Namespace) -> str:
         status(f"logged as MLflow run {record_stream(row, cfg.to_dict(), uri)} in {uri}")
     if args.format == "json":
         return json.dumps(row, indent=2)
-    figures = [{"figure": k, "value": f"{v:,.3f}" if isinstance(v, float) else str(v)} for k, v in row.items()]
     rule = (f"DNS rule (latency <= {DNS_LATENCY_MS:g} ms and every hop computed within its {row['hop_ms']:g} ms, "
             f"batch 1, {row['threads']} thread(s)): {row['dns_rule']}")
     if row["timing_contended"]:
         rule += f"; timed while other processes used {row['timing_other_cores']:.2f} cores: rerun on an idle machine"
     return "\n".join([f"{args.variant} streamed {row['chunk']} samples at a time for {args.seconds:g} s of audio "
                       f"({args.runtime}); compute per hop = a push's time / its hops",
-                      format_table(figures, ["figure", "value"], ["value"]), rule])
+                      figure_table(row, ",.3f"), rule])
 
 
 def add_stream_command(sub) -> None:

@@ -11,7 +11,7 @@ DTYPES = {"fp32": "float32", "bf16": "bfloat16"}
 
 def cmd_plan(args: argparse.Namespace) -> str:
     from bench.planning.plan import CONTEXT_BYTES, MIB, card_bytes, max_batch, plan, planned_config
-    from bench.text import format_table
+    from bench.text import figure_table, format_table
     from variants.errors import MbsbenchError
     from variants.registry import build_config, parse_overrides
 
@@ -30,11 +30,10 @@ def cmd_plan(args: argparse.Namespace) -> str:
     frontier = _frontier(args, cfg, cards, dtype)
     if args.format == "json":
         return json.dumps(row | ({"frontier": frontier} if frontier else {}), indent=2)
-    figures = [{"figure": k, "value": f"{v:,.1f}" if isinstance(v, float) else str(v)} for k, v in row.items()]
     head = (f"{args.variant}, batch {args.batch} x {args.seconds:g} s, {args.precision}, scan {cfg.scan}: predicted "
             "CUDA figures of one training step (traced on fake tensors; the allocator is modelled, nothing ran on "
             f"a GPU); a card holds tensors in its memory less {CONTEXT_BYTES / MIB:.0f} MiB of CUDA context")
-    lines = [head, format_table(figures, ["figure", "value"], ["value"])]
+    lines = [head, figure_table(row, ",.1f")]
     for card in cards:
         verdict = "fits" if row[f"fits_{card}"] else "does not fit"
         lines.append(f"card {card}: {verdict} at batch {args.batch}; largest batch predicted to fit: "

@@ -55,8 +55,8 @@ class FrameWatch:
 
     def _hook(self, name: str):
         def seen(_module, args, out) -> None:
-            tensors = [t.detach() for t in (*_flat(args), *_flat(out)) if isinstance(t, Tensor)]
-            self.calls.append((name, tensors[: len(_flat(args))], tensors[len(_flat(args)):]))
+            ins, outs = ([t.detach() for t in _flat(items) if isinstance(t, Tensor)] for items in (args, out))
+            self.calls.append((name, ins, outs))
         return seen
 
     def remove(self) -> None:

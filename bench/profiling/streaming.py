@@ -48,8 +48,9 @@ def measure_stream(cfg: ModelConfig, settings: StreamSettings) -> dict:
     noise = torch.Generator().manual_seed(settings.seed)
     wav = torch.randn(1, int(settings.seconds * cfg.sample_rate), generator=noise) * 0.1
     with tempfile.TemporaryDirectory() as folder:
-        runner = OnnxStep(export_onnx(FrameStep(model), Path(folder) / "step.onnx"), FrameStep(model)) \
-            if settings.runtime == "onnxruntime" else None
+        step = FrameStep(model)
+        runner = OnnxStep(export_onnx(step, Path(folder) / "step.onnx"), step) if settings.runtime == "onnxruntime" \
+            else None
         engine = StreamingEnhancer(model, runner=runner)
     ms, window = _timed_pushes(engine, wav, chunk, chunk // cfg.hop)
     hop_ms = 1000 * cfg.hop / cfg.sample_rate
