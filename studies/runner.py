@@ -20,7 +20,7 @@ from studies.spec import StudySpec
 from studies.storage import StorageSettings, requeue
 from studies.trials import Worker
 from studies.worker import INTERRUPTED, check_worker, die_with_parent, work
-from variants.errors import MbsbenchError
+from variants.errors import MbsbenchError, first_line
 
 
 @dataclass(frozen=True)
@@ -87,8 +87,7 @@ def _run_processes(name: str, storage: StorageSettings, worker: Worker, workers:
                 os.kill(process.pid, signal.SIGTERM)
         for process in processes:
             process.join(60)
-
-        add_kept(err, f"the workers' trials in flight were marked {INTERRUPTED} and queued again")
+        add_kept(err, _interrupted_trials(name, storage, processes))
         raise
     for process in processes:
         if process.exitcode is not None and process.exitcode < 0:  # killed by a signal: its trial is ours now
@@ -98,6 +97,24 @@ def _run_processes(name: str, storage: StorageSettings, worker: Worker, workers:
         said.append(problems.get())
     if said:
         raise MbsbenchError(f"{len(said)} of {workers} workers stopped: " + "; ".join(dict.fromkeys(said)))
+
+
+def _interrupted_trials(name: str, storage: StorageSettings, processes: list) -> str:
+    """What the interrupt did to the workers' trials, read back from the study (a worker between trials had
+    none in flight; one killed meanwhile has its trial failed and queued again here)."""
+    try:
+        for process in processes:
+            if process.exitcode is not None and process.exitcode < 0:
+                requeue_dead(name, storage, process.pid, -process.exitcode)
+        study, _ = load_study(storage, name)
+    except MbsbenchError as err:  # the interrupt stays an interrupt; what became of the trials is unknown here
+        return f"the study could not be read back ({first_line(err, 200)})"
+    owners = {f"{socket.gethostname()}:{process.pid}" for process in processes}
+    marked = [t.number for t in study.trials
+              if t.user_attrs.get("worker") in owners and t.user_attrs.get("fail_reason") == INTERRUPTED]
+    if not marked:
+        return "no trial was in flight"
+    return f"trial{'s' if len(marked) > 1 else ''} {', '.join(map(str, marked))} marked {INTERRUPTED} and queued again"
 
 
 def requeue_dead(name: str, storage: StorageSettings, pid: int, signum: int) -> None:

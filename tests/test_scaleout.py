@@ -69,16 +69,22 @@ def test_two_machines_create_once_and_two_workers_drain_the_grid(postgres, tmp_p
 
 
 def wait_running(url: str, name: str, timeout: float = 120) -> optuna.trial.FrozenTrial:
-    """The first trial inside its objective (RUNNING with its point suggested, not merely started)."""
-    deadline = time.monotonic() + timeout
+    """The first trial inside its objective (RUNNING with its point suggested, not merely started), seen within
+    one query of its start: the storage is opened once (opening it takes longer than a quick trial)."""
+    from studies.storage import make_storage
+
+    storage, deadline = make_storage(url), time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            running = [t for t in trials_of(url, name) if t.state.name == "RUNNING" and t.params]
+            study = optuna.load_study(study_name=name, storage=storage)
         except KeyError:  # the study is not created yet
-            running = []
-        if running:
-            return running[0]
-        time.sleep(0.1)
+            time.sleep(0.1)
+            continue
+        while time.monotonic() < deadline:
+            running = [t for t in study.get_trials(deepcopy=False) if t.state.name == "RUNNING" and t.params]
+            if running:
+                return running[0]
+            time.sleep(0.02)
     raise AssertionError("no trial started")
 
 
@@ -111,10 +117,12 @@ def test_ctrl_c_marks_the_trial_interrupted_and_it_is_retried(postgres, tmp_path
     _, err = search.communicate(timeout=120)
     lines = err.strip().splitlines()
     assert search.returncode == 130 and "Traceback" not in err and len(lines) == 1, err
-    assert lines[0].startswith("interrupted: ") and "queued again" in lines[0]
     trials = trials_of(url, "grid")
+    seen = [(t.number, t.state.name, t.user_attrs.get("fail_reason")) for t in trials]
     interrupted = [t for t in trials if t.user_attrs.get("fail_reason") == "interrupted"]
-    assert interrupted and all(t.state.name == "FAIL" for t in interrupted)
+    assert interrupted and all(t.state.name == "FAIL" for t in interrupted), (err, seen)
+    numbers = ", ".join(str(t.number) for t in interrupted)
+    assert lines[0].startswith("interrupted: trial") and f"{numbers} marked interrupted and queued again" in lines[0]
     assert all(any(r.system_attrs.get("failed_trial") == t.number for r in trials) for t in interrupted)
     finish(studies("work", "grid", "--storage", url, *FAST, "--device", "cpu", cwd=tmp_path))
     assert completed_points(trials_of(url, "grid")) == [4, 8, 12, 16, 24, 32]

@@ -150,3 +150,24 @@ def test_a_journal_damaged_before_is_named_and_repaired(tmp_path: Path, capsys: 
     assert journal.read_bytes() == b"".join(lines)  # every complete record, the glued one too
     assert studies(["show", "a", "--storage", str(journal)]) == 0
     assert len(list(tmp_path.glob("s.log.bak-*"))) == 1
+
+
+def test_an_interrupt_reports_the_trials_it_marked_or_none(tmp_path: Path) -> None:
+    """The interrupt's line is read back from the study: the trials its workers marked, never a blanket claim."""
+    import socket
+    from types import SimpleNamespace
+
+    from studies.runner import _interrupted_trials
+    from studies.storage import StorageSettings
+
+    journal = tmp_path / "q.log"
+    queue(journal)
+    study = optuna.load_study(study_name=NAME, storage=make_storage(str(journal)))
+    trial = study.ask()
+    trial.set_user_attr("worker", f"{socket.gethostname()}:4242")
+    trial.set_user_attr("fail_reason", "interrupted")
+    study.tell(trial, state=optuna.trial.TrialState.FAIL)
+    marked = _interrupted_trials(NAME, StorageSettings(str(journal)), [SimpleNamespace(pid=4242, exitcode=130)])
+    assert marked == f"trial {trial.number} marked interrupted and queued again"
+    others = _interrupted_trials(NAME, StorageSettings(str(journal)), [SimpleNamespace(pid=4343, exitcode=130)])
+    assert others == "no trial was in flight"
