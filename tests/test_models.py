@@ -16,11 +16,12 @@ UNUSED_UNDER_SKIP_BUG = ".ssm.D"
 
 @pytest.mark.parametrize("name", [n for n in all_names() if n not in ("original", "original_seed")] + ["original"])
 def test_forward_backward(name: str, half_second: torch.Tensor) -> None:
+    wav = half_second[:, :4000]  # 33 frames: two chunks of the chunked scans (32 frames), half the time of 0.5 s
     model = build(name)
-    out = model(half_second)
-    assert out.shape == half_second.shape
+    out = model(wav)
+    assert out.shape == wav.shape
     assert torch.isfinite(out).all()
-    (out - half_second).abs().mean().backward()
+    (out - wav).abs().mean().backward()
     skip_bug = model.cfg.skip_d == "const_d_inner"
     for pname, param in model.named_parameters():
         if skip_bug and pname.endswith(UNUSED_UNDER_SKIP_BUG):

@@ -21,8 +21,8 @@ def test_counter_counts_known_ops() -> None:
     assert counter.total >= 2  # the backward's ops are counted too (expand, mul)
 
 
-def profile_ops(variant: str, scan: str, capsys: pytest.CaptureFixture) -> dict:
-    assert bench(["profile", "--variant", variant, "--set", f"scan={scan}", "--batch", "1", "--seconds", "2",
+def profile_ops(variant: str, scan: str, capsys: pytest.CaptureFixture, seconds: str = "2") -> dict:
+    assert bench(["profile", "--variant", variant, "--set", f"scan={scan}", "--batch", "1", "--seconds", seconds,
                   "--ops-only", "--no-track", "--format", "json", "-q", "--device", "cpu"]) == 0
     return json.loads(capsys.readouterr().out)[0]
 
@@ -30,8 +30,11 @@ def profile_ops(variant: str, scan: str, capsys: pytest.CaptureFixture) -> dict:
 @pytest.mark.parametrize("variant,goal,before", [("original", 5000, 129_958), ("optimized", 2000, 22_391)])
 def test_a_triton_step_meets_its_launch_goal(variant: str, goal: int, before: int,
                                              capsys: pytest.CaptureFixture) -> None:
-    """Training step at batch 1, 2 s: the issue's goals (the counts before, with chunked_ckpt, beside them)."""
-    row = profile_ops(variant, "triton", capsys)
+    """Training step at batch 1: the issue's goals (the counts before, with chunked_ckpt at 2 s, beside them). The
+    Triton path's counts do not depend on the length (its kernels loop over time: 4414 ops for original at 0.5 s
+    and at 2 s), so it is counted at 0.5 s, where the CPU interpreter runs its kernels 3x faster; the doctor's
+    dry run (tests/test_ops.py, processes) counts at 2 s."""
+    row = profile_ops(variant, "triton", capsys, "0.5")
     assert row["ops_train_step"] <= goal
     ssms = 20 if variant == "original" else 4  # directional Mamba blocks: each scan one forward, one backward kernel
     assert row["triton_launches_train_step"] == 2 * ssms and row["triton_launches_infer_step"] == ssms
