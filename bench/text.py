@@ -30,3 +30,11 @@ def figure_table(row: dict, float_format: str) -> str:
     figures = [{"figure": k, "value": format(v, float_format) if isinstance(v, float) else str(v)}
                for k, v in row.items()]
     return format_table(figures, ["figure", "value"], ["value"])
+
+
+def scorer_line(scorers: dict[str, str]) -> str:
+    """The scorers under a table: packages, and each model file's SHA-256 (first 12 hex digits)."""
+    names = [v for k, v in scorers.items() if not k.endswith("_sha256")]
+    hashes = [f"{k.removeprefix('dnsmos_').removesuffix('_sha256')} {v[:12]}" for k, v in scorers.items()
+              if k.endswith("_sha256")]
+    return "scored by " + "; ".join(names) + (f" (model sha256 {', '.join(hashes)})" if hashes else "")

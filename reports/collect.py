@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 
 from bench.quality.stats import mean_ci
-from bench.tracking.schema import EXPERIMENTS, PAPER_METRICS
+from bench.tracking.schema import DNSMOS_METRICS, EXPERIMENTS, PAPER_METRICS
 from bench.tracking.store import runs_table
 from variants.errors import MbsbenchError
 
@@ -103,16 +103,37 @@ def latest_profiles(store: Store) -> pd.DataFrame:
 CONFIG_FIGURES = ("params_m", "macs_g_per_s")
 
 
+# what made the scores (bench.quality.metrics.scorers): runs that differ in any are never averaged together
+SCORER_TAGS = ("scorer_pesq", "scorer_stoi", "dnsmos_scorer", "dnsmos_p835_sha256", "dnsmos_p808_sha256")
+QUALITY_METRICS = PAPER_METRICS + DNSMOS_METRICS
+
+
+def scorers_of(runs: pd.DataFrame) -> dict[str, str]:
+    """The one scorer of each kind behind these runs' scores; a one-line error naming two runs that differ."""
+    out = {}
+    for tag in (t for t in SCORER_TAGS if t in runs):
+        used = runs[runs[tag].notna() & (runs[tag] != "")]
+        values = list(dict.fromkeys(used[tag]))
+        if len(values) > 1:
+            first, other = (used[used[tag] == v]["run_id"].iloc[0] for v in values[:2])
+            raise MbsbenchError(f"runs scored by different scorers are not averaged together: {tag} is "
+                                f"{values[0]!r} in run {first} and {values[1]!r} in run {other}")
+        if values:
+            out[tag] = values[0]
+    return out
+
+
 def quality_by_variant(store: Store, pcs: bool = False) -> pd.DataFrame:
     """Per variant, mean and CI over seeds of each quality metric (the '_pcs' ones when pcs), and the figures that
-    depend on the config alone (CONFIG_FIGURES)."""
+    depend on the config alone (CONFIG_FIGURES). Runs scored by different scorers are refused (scorers_of)."""
     runs = store.runs
     if runs.empty:
         return pd.DataFrame()
+    scorers_of(runs)
     rows = []
     for variant, group in runs.groupby("variant"):
         row = {"variant": variant, "seeds": len(group), "data": group.get("data", pd.Series([""])).iloc[0]}
-        for name in PAPER_METRICS:
+        for name in QUALITY_METRICS:
             row[name], row[f"{name}_ci"], _ = mean_ci(metric(group, name + ("_pcs" if pcs else "")))
         for name in CONFIG_FIGURES:  # the same for every seed: they depend on the config alone
             row[name] = float(metric(group, name).mean())
@@ -126,7 +147,7 @@ def noisy_quality(store: Store) -> dict[str, float]:
     """The noisy input's metrics as the runs recorded them (same test set)."""
     if store.runs.empty:
         return {}
-    return {name: float(metric(store.runs, f"noisy_{name}").dropna().mean()) for name in PAPER_METRICS}
+    return {name: float(metric(store.runs, f"noisy_{name}").dropna().mean()) for name in QUALITY_METRICS}
 
 
 def pareto_mask(values: np.ndarray, directions: list[str]) -> np.ndarray:

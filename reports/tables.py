@@ -8,6 +8,8 @@ from dataclasses import dataclass, replace
 import pandas as pd
 from scipy.stats import wilcoxon
 
+from bench.text import scorer_line
+from bench.tracking.schema import DNSMOS_METRICS
 from bench.tracking.schema import METRIC_LABELS as LABELS
 from bench.tracking.schema import PAPER_METRICS as QUALITY
 from bench.tracking.store import ArtifactMissingError, download_artifact
@@ -20,6 +22,7 @@ from reports.collect import (
     pareto_mask,
     quality_by_variant,
     run_commands,
+    scorers_of,
     study_objective,
 )
 from variants.errors import MbsbenchError
@@ -73,12 +76,13 @@ def _ordered(names) -> list[str]:
 def main_table(store: Store) -> Table:
     profiles, quality, pcs = latest_profiles(store), quality_by_variant(store), quality_by_variant(store, pcs=True)
     predicted = PREDICTED if _any_predicted(profiles) else ()
+    scores = QUALITY + tuple(m for m in DNSMOS_METRICS if m in quality and quality[m].notna().any())
     header = ["Variant", "Params (M)", "MACs (G/s)", "Peak train (MiB)", "Max batch", "RTF"]
-    header += [title for _, title in predicted] + [LABELS[q] for q in QUALITY] + ["PESQ+PCS"]
+    header += [title for _, title in predicted] + [LABELS[q] for q in scores] + ["PESQ+PCS"]
     rows = []
     noisy = noisy_quality(store)
     if noisy:
-        rows.append(["noisy input", *["-"] * (5 + len(predicted))] + [cell(noisy[q]) for q in QUALITY] + ["-"])
+        rows.append(["noisy input", *["-"] * (5 + len(predicted))] + [cell(noisy[q]) for q in scores] + ["-"])
     for name in _ordered(list(profiles.index) + list(quality.index)):
         p = profiles.loc[name] if name in profiles.index else None
         q = quality.loc[name] if name in quality.index else None
@@ -86,12 +90,13 @@ def main_table(store: Store) -> Table:
                         (("params_m", 3), ("macs_g_per_s", 2), ("peak_mem_train_mib", 0), ("max_batch_train", 0),
                          ("rtf_infer", 3))]
         row += [cell(p[key] if p is not None and key in p else math.nan, digits=0) for key, _ in predicted]
-        row += [cell(q[k], q[f"{k}_ci"]) if q is not None else "-" for k in QUALITY]
+        row += [cell(q[k], q[f"{k}_ci"]) if q is not None else "-" for k in scores]
         row.append(cell(pcs.loc[name]["pesq_wb"], pcs.loc[name]["pesq_wb_ci"]) if q is not None else "-")
         rows.append(row)
-    caption = _main_caption(profiles, quality) + (" Pred.: predicted by bench plan for a CUDA card of the profile's "
-                                                  "budget (allocator model, Triton scan; no GPU ran)."
-                                                  if predicted else "")
+    scorers = scorers_of(store.runs) if not store.runs.empty else {}
+    caption = _main_caption(profiles, quality, scorers) + (" Pred.: predicted by bench plan for a CUDA card of the "
+                                                           "profile's budget (allocator model, Triton scan; no GPU "
+                                                           "ran)." if predicted else "")
     return Table("main", caption, header, rows, **reproduce(store))
 
 
@@ -113,7 +118,7 @@ def _figure(profile: pd.Series | None, quality: pd.Series | None, key: str) -> f
     return math.nan
 
 
-def _main_caption(profiles: pd.DataFrame, quality: pd.DataFrame) -> str:
+def _main_caption(profiles: pd.DataFrame, quality: pd.DataFrame, scorers: dict[str, str]) -> str:
     parts = ["Measured by mbsbench."]
     if not profiles.empty:
         first = profiles.iloc[0]
@@ -124,6 +129,8 @@ def _main_caption(profiles: pd.DataFrame, quality: pd.DataFrame) -> str:
     if not quality.empty:
         parts.append(f"Quality on the test split of {quality['data'].iloc[0]} (full utterances), mean +- 95% CI "
                      "over seeds where there are several; '-' means not measured.")
+    if scorers:
+        parts.append(scorer_line(scorers).replace("scored by", "Scored by", 1) + ".")
     return " ".join(parts)
 
 

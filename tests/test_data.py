@@ -144,7 +144,8 @@ def test_split_by_speaker_is_seeded() -> None:
 
 @pytest.mark.parametrize(
     "spec,fragment",
-    [("vbd", "unknown data spec"), ("folder:/x", "unknown data spec"), ("paired:/nonexistent/a,/nonexistent/b",
+    [("vbd", "unknown data spec"), ("folder:/x", "/x is not a folder"), ("folders:/x", "unknown data spec"),
+     ("paired:/nonexistent/a,/nonexistent/b",
      "no such folder"), ("vbd:/nonexistent", r"not a VoiceBank\+DEMAND folder")],
 )
 def test_bad_specs(spec: str, fragment: str) -> None:

@@ -125,7 +125,7 @@ def test_unscorable_outputs_score_the_worst_value() -> None:
     for output, reason in ((np.zeros(RATE), "digital silence"), (np.full(RATE, np.nan), "non-finite")):
         scores = score_pair(clean, output)
         assert scores["failed"] and reason in scores["reasons"]
-        assert {m: scores[m] for m in METRICS} == WORST
+        assert {m: scores[m] for m in METRICS} == {m: WORST[m] for m in METRICS}
     table = pd.DataFrame([score_pair(clean, clean * 0.5), score_pair(clean, np.zeros(RATE)),
                           score_pair(np.zeros(RATE), clean)])
     summary = summarize(table).set_index("metric")

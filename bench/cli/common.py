@@ -9,7 +9,8 @@ import math
 from collections.abc import Callable
 
 DEVICE_HELP = "cpu, cuda, cuda:N or auto (default auto: CUDA when present, else the CPU)"
-DATA_HELP = "synth, synth:SEED, synth:seed=N,train=N,val=N,test=N, vbd:PATH or paired:CLEAN_DIR,NOISY_DIR"
+DATA_HELP = ("synth, synth:SEED, synth:seed=N,train=N,val=N,test=N, vbd:PATH, paired:CLEAN_DIR,NOISY_DIR or folder:DIR "
+             "(noisy recordings only: scored by DNSMOS)")
 
 
 def _bad(text: str, expected: str) -> argparse.ArgumentTypeError:
@@ -149,3 +150,9 @@ def add_command(sub, name: str, help_text: str, examples: str, func) -> argparse
                             formatter_class=argparse.RawDescriptionHelpFormatter, parents=[verbosity_parent()])
     parser.set_defaults(func=func)
     return parser
+
+
+def add_dnsmos(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dnsmos", action=argparse.BooleanOptionalAction, default=None,
+                   help="DNSMOS P.835 and P.808 (non-intrusive; the [dnsmos] extra); default: where installed for "
+                        "evaluate and metrics, off for run")

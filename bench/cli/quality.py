@@ -7,6 +7,7 @@ from bench.cli.common import (
     DATA_HELP,
     add_command,
     add_device,
+    add_dnsmos,
     add_format,
     add_set,
     add_tracking,
@@ -55,12 +56,13 @@ def cmd_evaluate(args: argparse.Namespace) -> str:
 
     device = resolve_device(args.device)
     uri = tracking_uri(args)  # checked before scoring, not after
-    model, label = _model(args, device)
     dataset = open_dataset(args.data)
+    dnsmos = with_dnsmos(args.dnsmos, dataset.has_clean, args.data)
+    model, label = _model(args, device)
     pairs = dataset.split(args.split)
     with progress(len(pairs) * (2 if args.pcs else 1), f"scoring {label}", "utt") as bar:
         result, audio = evaluate(dataset, args.split, model, device, args.pcs, args.composite_compat, args.workers,
-                                 bar.update, keep_audio=3)
+                                 bar.update, keep_audio=3, dnsmos=dnsmos)
     folder = Path(args.out or f"runs/evaluate-{label}-{time.strftime('%Y%m%d-%H%M%S')}")
     paths = write_evaluation(result, folder)
     if uri:
@@ -68,31 +70,51 @@ def cmd_evaluate(args: argparse.Namespace) -> str:
 
         info = {"label": label, "data": dataset.spec, "data_fingerprint": dataset.fingerprint, "split": args.split,
                 "pcs": args.pcs, "composite_mode": "compat" if args.composite_compat else "matlab",
-                "device": device_name(device)}
+                "device": device_name(device)} | result.scorers
         logged_or_kept(lambda: record_evaluation(uri, result, paths, audio, info), str(folder))
     if args.format == "json":
         return result.summary.to_json(orient="records", indent=2)
     return format_evaluation(result, label, dataset.spec, args.split, folder)
 
 
+def with_dnsmos(asked: bool | None, has_clean: bool, what: str) -> bool:
+    """Whether DNSMOS runs: as asked (--dnsmos refused with one line without the extra), else where installed;
+    without a clean side it is the only metric there is, so it must be installed."""
+    from bench.quality.dnsmos import dnsmos_available, require_dnsmos
+    from variants.errors import MbsbenchError
+
+    if asked is False and not has_clean:
+        raise MbsbenchError(f"{what}: no clean reference, and --no-dnsmos leaves no metric to compute")
+    if asked or not has_clean:
+        try:
+            require_dnsmos()
+        except MbsbenchError as err:
+            raise MbsbenchError(f"{what}: no clean reference, so only non-intrusive metrics apply; {err}" if
+                                not has_clean else str(err)) from None
+        return True
+    return asked is None and dnsmos_available()
+
+
 def cmd_metrics(args: argparse.Namespace) -> str:
     from pathlib import Path
 
     from bench.data.datasets import read_audio
-    from bench.quality.metrics import score_pair
-    from bench.text import format_table
+    from bench.quality.metrics import score_pair, scorers
+    from bench.text import format_table, scorer_line
 
-    clean, _ = read_audio(Path(args.clean))
+    dnsmos = with_dnsmos(args.dnsmos, args.clean is not None, args.enhanced)
+    clean = read_audio(Path(args.clean))[0] if args.clean else None
     enhanced, _ = read_audio(Path(args.enhanced))
-    if len(clean) != len(enhanced):
+    if clean is not None and len(clean) != len(enhanced):
         from bench.console import warn
 
         warn(f"{args.clean} has {len(clean)} samples and {args.enhanced} {len(enhanced)} (at 16 kHz): both cut to "
              f"the first {min(len(clean), len(enhanced))}")
-    scores = score_pair(clean, enhanced, args.composite_compat)
+    scores, made_by = score_pair(clean, enhanced, args.composite_compat, dnsmos), scorers(dnsmos, clean is not None)
     if args.format == "json":
-        return json.dumps(scores, indent=2)
-    return format_table([{"metric": k, "value": v} for k, v in scores.items()], ["metric", "value"], ["value"])
+        return json.dumps(scores | made_by, indent=2)
+    rows = [{"metric": k, "value": v} for k, v in scores.items()]
+    return format_table(rows, ["metric", "value"], ["value"]) + "\n" + scorer_line(made_by)
 
 
 def add_quality_commands(sub) -> None:
@@ -118,15 +140,19 @@ def add_quality_commands(sub) -> None:
     add_set(p)
     p.add_argument("--pcs", action="store_true", help="also score with perceptual contrast stretching")
     p.add_argument("--composite-compat", action="store_true", help="composite as the commonly copied Python port")
+    add_dnsmos(p)
     add_workers(p)
     add_device(p)
     p.add_argument("--out", help="folder for the CSVs (default runs/evaluate-LABEL-TIME)")
     add_tracking(p)
     add_format(p)
 
-    p = add_command(sub, "metrics", "score one clean/enhanced pair",
-                    "  python -m bench metrics --clean a.wav --enhanced b.wav --format json", cmd_metrics)
-    p.add_argument("--clean", required=True, help="the clean reference (any sample rate; resampled to 16 kHz)")
+    p = add_command(sub, "metrics", "score one clean/enhanced pair, or one recording alone (DNSMOS)",
+                    "  python -m bench metrics --clean a.wav --enhanced b.wav --format json\n"
+                    "  python -m bench metrics --enhanced recording.wav", cmd_metrics)
+    p.add_argument("--clean", help="the clean reference (any sample rate; resampled to 16 kHz); without it only the "
+                                   "non-intrusive metrics run")
     p.add_argument("--enhanced", required=True, help="the enhanced (or noisy) signal to score")
     p.add_argument("--composite-compat", action="store_true", help="composite as the commonly copied Python port")
+    add_dnsmos(p)
     add_format(p)

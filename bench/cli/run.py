@@ -9,6 +9,7 @@ from bench.cli.common import (
     above,
     add_command,
     add_device,
+    add_dnsmos,
     add_format,
     add_set,
     add_tracking,
@@ -36,7 +37,7 @@ def run_request(args: argparse.Namespace, variants: list[str], parent_name: str 
         crop_seconds=args.crop_seconds, lr=args.lr, phase_loss=args.phase_loss, precision=args.precision,
         metricgan=args.metricgan, recipe=args.recipe, val_every=args.val_every,
         checkpoint_every=args.checkpoint_every, out=Path(args.out), resume=args.resume, overwrite=args.overwrite,
-        skip_finished=parent_name is not None, parent_name=parent_name)
+        skip_finished=parent_name is not None, parent_name=parent_name, dnsmos=bool(args.dnsmos))
 
 
 def run_context(args: argparse.Namespace):
@@ -58,6 +59,10 @@ def train(args: argparse.Namespace, variants: list[str], parent_name: str | None
 
     request = run_request(args, variants, parent_name)
     check_request(request, check_spec)
+    if request.dnsmos:
+        from bench.quality.dnsmos import require_dnsmos
+
+        require_dnsmos()
     context = run_context(args)  # the device, and the tracking store reached and usable
     from bench.training.experiment import run_experiment
 
@@ -217,6 +222,7 @@ def add_training_flags(p: argparse.ArgumentParser) -> None:
                    help="scan for training (default auto: the fastest exact one here); keep: each variant's own;"
                         " --set scan=... wins")
     add_workers(p)
+    add_dnsmos(p)
     p.add_argument("--out", default="runs", help="folder for checkpoints and CSVs (default runs)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/VARIANT-seedS/last.pt, in the same "
                                                          "MLflow run")

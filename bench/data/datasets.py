@@ -1,4 +1,5 @@
-"""Datasets: the embedded synth corpus, VoiceBank+DEMAND folders, any paired folders.
+"""Datasets: the embedded synth corpus, VoiceBank+DEMAND folders, any paired folders, and folders of real noisy
+recordings without a clean side (folder:DIR, scored by the non-intrusive metrics only).
 
 A dataset is a set of splits (train, val, test) of clean/noisy pairs plus the problems found in
 them. Bad files are reported once each and handled as documented in CHECKS, never a crash.
@@ -45,10 +46,10 @@ CHECKS = {
 
 @dataclass(frozen=True)
 class Pair:
-    """One utterance: clean and noisy paths, speaker, and the SNR when known."""
+    """One utterance: clean and noisy paths (clean None for a recording without one), speaker, SNR when known."""
 
     id: str
-    clean: Path
+    clean: Path | None
     noisy: Path
     speaker: str
     snr_db: float | None = None
@@ -75,8 +76,14 @@ class Dataset:
 
     def split(self, name: str) -> list[Pair]:
         if name not in self.splits:
-            raise MbsbenchError(f"dataset {self.spec!r} has no split {name!r}; it has {', '.join(self.splits)}")
+            why = "" if self.has_clean else " (noisy recordings only: they can be scored, not trained on)"
+            raise MbsbenchError(f"dataset {self.spec!r} has no split {name!r}; it has {', '.join(self.splits)}{why}")
         return self.splits[name]
+
+    @property
+    def has_clean(self) -> bool:
+        """Whether its utterances have a clean side (the intrusive metrics need one)."""
+        return any(pair.clean is not None for pairs in self.splits.values() for pair in pairs)
 
     @property
     def fingerprint(self) -> str:
@@ -84,7 +91,7 @@ class Dataset:
         digest = hashlib.sha256()
         for split, pairs in sorted(self.splits.items()):
             for pair in pairs:
-                for path in (pair.clean, pair.noisy):
+                for path in (p for p in (pair.clean, pair.noisy) if p is not None):
                     digest.update(f"{split}/{path.parent.name}/{path.name}:{path.stat().st_size}\n".encode())
         return digest.hexdigest()[:16]
 
@@ -112,10 +119,12 @@ def read_audio(path: Path) -> tuple[np.ndarray, list[str]]:
     return wav, notes
 
 
-def load_pair(pair: Pair) -> tuple[np.ndarray, np.ndarray]:
-    """Clean and noisy of one pair, mono 16 kHz float32, cut to the same length."""
-    clean, _ = read_audio(pair.clean)
+def load_pair(pair: Pair) -> tuple[np.ndarray | None, np.ndarray]:
+    """Clean and noisy of one pair, mono 16 kHz float32, cut to the same length (clean None without one)."""
     noisy, _ = read_audio(pair.noisy)
+    if pair.clean is None:
+        return None, noisy
+    clean, _ = read_audio(pair.clean)
     n = min(len(clean), len(noisy))
     return clean[:n], noisy[:n]
 
@@ -134,7 +143,7 @@ def input_gain(noisy: np.ndarray, cfg: ModelConfig) -> float:
 def check_pair(pair: Pair) -> list[Problem]:
     """Every problem of one pair, each with the action taken."""
     problems, lengths = [], []
-    for path in (pair.clean, pair.noisy):
+    for path in (p for p in (pair.clean, pair.noisy) if p is not None):
         try:
             wav, notes = read_audio(path)
         except MbsbenchError as err:
@@ -239,22 +248,35 @@ def spec_form(spec: str) -> tuple[str, str]:
     if kind == "synth":
         synth_settings(rest)
         return kind, rest
-    if (kind == "vbd" and rest) or (kind == "paired" and rest.count(",") == 1):
+    if (kind in ("vbd", "folder") and rest) or (kind == "paired" and rest.count(",") == 1):
         return kind, rest
-    expected = "synth, synth:SEED, synth:seed=N,train=N,val=N,test=N, vbd:PATH or paired:CLEAN_DIR,NOISY_DIR"
+    expected = ("synth, synth:SEED, synth:seed=N,train=N,val=N,test=N, vbd:PATH, paired:CLEAN_DIR,NOISY_DIR or "
+                "folder:DIR")
     raise MbsbenchError(f"unknown data spec {spec!r}; expected {expected}")
 
 
 def open_dataset(spec: str, cache: Path | None = None, seed: int = 0) -> Dataset:
-    """synth | vbd:PATH | paired:CLEAN_DIR,NOISY_DIR (paired: every pair is in the 'test' split)."""
+    """synth | vbd:PATH | paired:CLEAN_DIR,NOISY_DIR | folder:DIR (paired and folder: all in the 'test' split)."""
     kind, rest = spec_form(spec)
     if kind == "synth":
         return open_synth(synth_settings(rest), cache)
     if kind == "vbd":
         return open_vbd(Path(rest).expanduser(), seed=seed)
+    if kind == "folder":
+        return open_recordings(Path(rest).expanduser(), spec)
     clean_dir, noisy_dir = (Path(p).expanduser() for p in rest.split(","))
     pairs, problems = pair_folders(clean_dir, noisy_dir)
     return Dataset(spec, {"test": pairs}, problems)
+
+
+def open_recordings(folder: Path, spec: str) -> Dataset:
+    """Noisy recordings only (no clean side): every audio file of the folder, its 'test' split."""
+    if not folder.is_dir():
+        raise MbsbenchError(f"{spec}: {folder} is not a folder")
+    files = [p for p in sorted(folder.iterdir()) if p.suffix.lower() in AUDIO_SUFFIXES]
+    if not files:
+        raise MbsbenchError(f"{spec}: no audio files ({', '.join(AUDIO_SUFFIXES)}) in {folder}")
+    return Dataset(spec, {"test": [Pair(p.stem, None, p, "") for p in files]})
 
 
 def check_spec(spec: str) -> None:

@@ -2,7 +2,7 @@
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -12,8 +12,9 @@ from torch import nn
 
 from bench.data.datasets import Dataset, Pair, check_pair, input_gain, is_skipped, load_pair
 from bench.devices import autocast
-from bench.quality.metrics import METRICS, score_many, summarize
-from bench.text import format_table
+from bench.quality.metrics import METRICS, score_many, scorers, summarize
+from bench.text import format_table, scorer_line
+from bench.tracking.schema import DNSMOS_METRICS
 from variants.pcs import perceptual_contrast_stretch
 
 
@@ -26,6 +27,7 @@ class Evaluation:
     per_snr: pd.DataFrame
     skipped: list[str]
     metric_seconds: float = 0.0  # wall time of the metric stage (without PCS)
+    scorers: dict[str, str] = field(default_factory=dict)  # package versions and model hashes of the scorers
 
 
 def enhance(model: nn.Module | None, noisy: np.ndarray, device: str, precision: str = "fp32") -> np.ndarray:
@@ -64,8 +66,9 @@ def evaluate(
     dataset: Dataset, split: str = "test", model: nn.Module | None = None, device: str = "cpu",
     with_pcs: bool = False, compat: bool = False, workers: int = 0,
     progress: Callable[[int], None] | None = None, keep_audio: int = 0, precision: str = "fp32",
+    dnsmos: bool = False,
 ) -> tuple[Evaluation, list[tuple[str, np.ndarray]]]:
-    """Score a split: the model's output (or the noisy input, model None), and with PCS too when asked."""
+    """Score a split: the model's output (or the noisy input, model None), with PCS too and DNSMOS when asked."""
     pairs, skipped = usable_pairs(dataset.split(split))
     if model is not None:
         model.eval()
@@ -79,16 +82,18 @@ def evaluate(
         if len(audio) < keep_audio:
             audio.append((pair.id, out))
     started = time.perf_counter()
-    table = pd.DataFrame(score_many(items, workers, compat, progress))
+    table = pd.DataFrame(score_many(items, workers, compat, progress, dnsmos))
     metric_seconds = time.perf_counter() - started
     meta = pd.DataFrame([{"id": p.id, "speaker": p.speaker, "snr_db": p.snr_db, "noise": p.noise} for p in pairs])
     table = meta.merge(table, on="id") if len(table) else meta
+    scored = [*METRICS, *(DNSMOS_METRICS if dnsmos else ())]
     if with_pcs:
-        extra = pd.DataFrame(score_many(pcs_items, workers, compat, progress)).set_index("id")
-        table = table.join(extra[[*METRICS, "failed"]].add_suffix("_pcs"), on="id")
-    names = list(METRICS) + ([f"{m}_pcs" for m in METRICS] if with_pcs else [])
+        extra = pd.DataFrame(score_many(pcs_items, workers, compat, progress, dnsmos)).set_index("id")
+        table = table.join(extra[[*scored, "failed"]].add_suffix("_pcs"), on="id")
+    names = scored + ([f"{m}_pcs" for m in scored] if with_pcs else [])
     per_snr = table.groupby("snr_db")[names].mean().reset_index() if table["snr_db"].notna().any() else pd.DataFrame()
-    return Evaluation(table, summarize(table, names), per_snr, skipped, metric_seconds), audio
+    made_by = scorers(dnsmos, intrusive=any(clean is not None for _, clean, _ in items))
+    return Evaluation(table, summarize(table, names), per_snr, skipped, metric_seconds, made_by), audio
 
 
 def write_evaluation(result: Evaluation, folder: Path) -> dict[str, Path]:
@@ -112,7 +117,9 @@ def format_evaluation(result: Evaluation, label: str, spec: str, split: str, fol
     columns = ["metric", "mean", "std", "ci95", "n_scored", "n_failed", "n_total"]
     text += format_table(rows, columns, columns[1:])
     text += "\n(n_scored: utterances in the mean; n_failed: of those, outputs scored at the worst value)"
+    text += "\n" + scorer_line(result.scorers)
     if len(result.per_snr):
         cols = [c for c in result.per_snr.columns if not c.endswith("_pcs")]
         text += "\n\nmean per SNR (dB)\n" + format_table(result.per_snr[cols].to_dict("records"), cols, cols)
     return text
+

@@ -11,6 +11,7 @@ import sys
 import warnings
 from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor
+from importlib.metadata import version
 
 import numpy as np
 import pandas as pd
@@ -20,8 +21,9 @@ from threadpoolctl import threadpool_limits
 
 from bench.interrupts import ignore_interrupts
 from bench.quality.composite import composite
+from bench.quality.dnsmos import dnsmos_scores, provenance
 from bench.quality.stats import mean_ci
-from bench.tracking.schema import METRICS, WORST
+from bench.tracking.schema import DNSMOS_METRICS, METRICS, WORST
 
 RATE = 16000
 
@@ -65,25 +67,43 @@ def unscorable(clean: np.ndarray, enhanced: np.ndarray) -> tuple[str, str]:
     A silent or non-finite reference leaves the utterance out (NaN, counted); a silent or non-finite
     enhanced output is the model's failure, scored at each metric's worst value (schema.WORST).
     """
-    problems = []
-    for side, signal in (("reference", clean), ("enhanced output", enhanced)):
-        if not np.isfinite(signal).all():
-            problems.append(f"{side} has non-finite samples")
-        elif not np.any(signal):
-            problems.append(f"{side} is digital silence")
-        else:
-            problems.append("")
-    return problems[0], problems[1] if not problems[0] else ""
+    reference = signal_problem(clean, "reference")
+    return reference, signal_problem(enhanced, "enhanced output") if not reference else ""
 
 
-def score_pair(clean: np.ndarray, enhanced: np.ndarray, compat: bool = False) -> dict:
-    """Every metric of one utterance, 'failed' (the output was unscorable) and 'reasons' for NaN or failure."""
-    n = min(len(clean), len(enhanced))
-    clean, enhanced = np.asarray(clean[:n], np.float64), np.asarray(enhanced[:n], np.float64)
-    reference, output = unscorable(clean, enhanced)
-    if reference or output:
-        values = {m: math.nan for m in METRICS} if reference else dict(WORST)
-        return values | {"llr": math.nan, "wss": math.nan, "failed": bool(output), "reasons": reference or output}
+def signal_problem(signal: np.ndarray, side: str) -> str:
+    """Why one signal cannot be scored ('' where it can): non-finite samples or digital silence."""
+    if not np.isfinite(signal).all():
+        return f"{side} has non-finite samples"
+    return "" if np.any(signal) else f"{side} is digital silence"
+
+
+def score_pair(clean: np.ndarray | None, enhanced: np.ndarray, compat: bool = False, dnsmos: bool = False) -> dict:
+    """Every metric of one utterance, 'failed' (the output was unscorable) and 'reasons' for NaN or failure.
+    Without a clean reference (clean None) only the non-intrusive metrics are computed, the others NaN."""
+    if clean is None:
+        out = dict.fromkeys((*METRICS, "llr", "wss"), math.nan)
+        reasons = ["no clean reference: intrusive metrics not computed"]
+        output = signal_problem(enhanced, "enhanced output")
+    else:
+        n = min(len(clean), len(enhanced))
+        clean, enhanced = np.asarray(clean[:n], np.float64), np.asarray(enhanced[:n], np.float64)
+        reference, output = unscorable(clean, enhanced)
+        if reference:
+            names = METRICS + (DNSMOS_METRICS if dnsmos else ())
+            return dict.fromkeys(names, math.nan) | {"llr": math.nan, "wss": math.nan, "failed": False,
+                                                     "reasons": reference}
+        worst = {m: WORST[m] for m in METRICS} | {"llr": math.nan, "wss": math.nan}
+        out, reasons = _intrusive(clean, enhanced, compat) if not output else (worst, [])
+    if dnsmos:
+        values, note = ({m: WORST[m] for m in DNSMOS_METRICS}, "") if output else dnsmos_scores(enhanced)
+        out |= values
+        reasons += [note] if note else []
+    return out | {"failed": bool(output), "reasons": output or "; ".join(reasons)}
+
+
+def _intrusive(clean: np.ndarray, enhanced: np.ndarray, compat: bool) -> tuple[dict, list[str]]:
+    """The metrics that compare the output with the clean reference, and the reasons for any NaN."""
     out, reasons = {}, []
     for name, (value, reason) in (
         ("pesq_wb", pesq_wb(clean, enhanced)),
@@ -100,12 +120,20 @@ def score_pair(clean: np.ndarray, enhanced: np.ndarray, compat: bool = False) ->
     if math.isnan(parts["ssnr"]):
         reasons.append("ssnr: shorter than one 30 ms frame")
     out |= {k: parts[k] for k in ("csig", "cbak", "covl", "ssnr")} | {"llr": parts["llr"], "wss": parts["wss"]}
-    return out | {"failed": False, "reasons": "; ".join(reasons)}
+    return out, reasons
+
+
+def scorers(dnsmos: bool = False, intrusive: bool = True) -> dict[str, str]:
+    """Which packages (and model files) made the scores: logged with every score, printed under its table."""
+    out = {"scorer_pesq": f"pesq {version('pesq')}", "scorer_stoi": f"pystoi {version('pystoi')}"} if intrusive else {}
+    if dnsmos:
+        out |= provenance()
+    return out
 
 
 def _score_item(item: tuple) -> dict:
-    key, clean, enhanced, compat = item
-    return {"id": key} | score_pair(clean, enhanced, compat)
+    key, clean, enhanced, compat, dnsmos = item
+    return {"id": key} | score_pair(clean, enhanced, compat, dnsmos)
 
 
 def _single_threaded() -> None:
@@ -115,10 +143,10 @@ def _single_threaded() -> None:
     threadpool_limits(1)
 
 
-def score_many(items: Iterable[tuple[str, np.ndarray, np.ndarray]], workers: int = 0, compat: bool = False,
-               progress=None) -> list[dict]:
+def score_many(items: Iterable[tuple[str, np.ndarray | None, np.ndarray]], workers: int = 0, compat: bool = False,
+               progress=None, dnsmos: bool = False) -> list[dict]:
     """score_pair over (id, clean, enhanced) items in a pool of single-threaded processes (0: one per core)."""
-    jobs = [(key, c, e, compat) for key, c, e in items]
+    jobs = [(key, c, e, compat, dnsmos) for key, c, e in items]
     workers = workers or multiprocessing.cpu_count()
     if workers == 1 or len(jobs) < 2:
         results = []

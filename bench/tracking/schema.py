@@ -31,6 +31,11 @@ WORST: dict[str, float] = {
     "ssnr": -10.0,  # the per-frame clamp of segmental SNR
     "si_sdr": -50.0,  # no natural bound: a floor far below any real output
 }
+# non-intrusive metrics (no clean reference): DNSMOS P.835 and P.808 MOS, on request or where installed
+DNSMOS_METRICS: tuple[str, ...] = ("dnsmos_sig", "dnsmos_bak", "dnsmos_ovrl", "dnsmos_p808")
+METRIC_LABELS |= {"dnsmos_sig": "DNSMOS SIG", "dnsmos_bak": "DNSMOS BAK", "dnsmos_ovrl": "DNSMOS OVRL",
+                  "dnsmos_p808": "P.808 MOS"}
+WORST |= dict.fromkeys(DNSMOS_METRICS, 1.0)  # the bottom of the MOS scale
 PCS_SUFFIX = "_pcs"
 
 # `bench profile` figures (units in the names) and the conditions they were measured under

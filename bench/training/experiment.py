@@ -177,16 +177,18 @@ class Shared:
     parent_id: str | None = None
     split: str = "test"
     with_pcs: bool = True  # the scores of the PCS-processed output too (a study's objective needs none)
+    dnsmos: bool = False  # DNSMOS scores too
     observers: tuple[TrainObserver, ...] = ()
 
 
 def _run_todo(request: RunRequest, context: RunContext, dataset: Dataset,
               todo: list[PlannedRun]) -> tuple[list[RunOutcome], Evaluation | None]:
     """Score the noisy input, then train and score each planned run under the ablation's parent run."""
-    noisy = evaluate(dataset, "test", None, workers=context.workers)[0] if context.ranks.main else None
+    noisy = evaluate(dataset, "test", None, workers=context.workers, dnsmos=request.dnsmos)[0] \
+        if context.ranks.main else None
     parent = _parent(request, context, dataset, todo) if todo else nullcontext(None)
     with parent as parent_id:
-        shared = Shared(dataset, noisy, parent_id)
+        shared = Shared(dataset, noisy, parent_id, dnsmos=request.dnsmos)
         return [train_one(run, context, shared) for run in todo], noisy
 
 
@@ -291,7 +293,7 @@ def _train_and_score(training: Training, context: RunContext, shared: Shared) ->
         load_checkpoint(result.best_path, run.config, run.variant, trainer.model)
         evaluation, audio = evaluate(shared.dataset, shared.split, trainer.model, context.device,
                                      with_pcs=shared.with_pcs, workers=context.workers, keep_audio=3,
-                                     precision=run.settings.precision)
+                                     precision=run.settings.precision, dnsmos=shared.dnsmos)
     outcome = RunOutcome(run.variant, run.seed, result, evaluation,
                          run_figures(run.config, result, evaluation, shared.noisy), settings=run.settings,
                          folder=run.folder)
@@ -299,7 +301,7 @@ def _train_and_score(training: Training, context: RunContext, shared: Shared) ->
     outcome.run_id = record.run_id if record is not None else ""
     write_result(run.folder / "result.json", outcome, run.key)
     if record is not None:
-        tags = {"status": result.status, "reason": result.reason[:500]}
+        tags = {"status": result.status, "reason": result.reason[:500]} | (evaluation.scorers if evaluation else {})
         record.finish(outcome.figures, tags, list(paths.values()), result.best_path, audio)
     return outcome
 

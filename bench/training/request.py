@@ -99,6 +99,7 @@ class RunRequest:
     skip_finished: bool = False  # an ablation: a pair already FINISHED in the store (or run folder) is not redone
     parent_name: str | None = None  # an ablation: one parent run over the (variant, seed) runs
     parent_run_id: str | None = None  # a queued ablation: the children's parent run, made when it was queued
+    dnsmos: bool = False  # score the test split with DNSMOS too (the [dnsmos] extra)
 
     def resumes(self, variant: str, seed: int) -> bool:
         """Whether this (variant, seed) continues from its last.pt."""
