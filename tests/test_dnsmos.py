@@ -69,13 +69,20 @@ def test_an_unscorable_output_gets_the_bottom_of_the_scale() -> None:
 def test_a_folder_of_recordings_is_scored_by_dnsmos_alone(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     folder = tmp_path / "recordings"
     folder.mkdir()
-    for snr in (0, 20):
-        sf.write(folder / f"arctic_{snr}dB.wav", with_noise(real_speech(1.0), snr), RATE)
-    assert bench(["evaluate", "--data", f"folder:{folder}", "--noisy", "--workers", "1", "--no-track", "--out",
-                  str(tmp_path / "out"), "--format", "json"]) == 0
+    for snr in (0, 20):  # 2.4 s repeats to 9.6 s: one window each
+        sf.write(folder / f"arctic_{snr}dB.wav", with_noise(real_speech(2.4), snr), RATE)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    assert bench(["evaluate", "--data", f"folder:{folder}", "--noisy", "--workers", "1", "--tracking-uri", uri,
+                  "--out", str(tmp_path / "out"), "--format", "json"]) == 0
     summary = pd.DataFrame(json.loads(capsys.readouterr().out)).set_index("metric")
     assert (summary.loc[list(DNSMOS_METRICS), "n_scored"] == 2).all()
     assert (summary.loc["pesq_wb", ["n_scored", "n_total"]] == [0, 2]).all()  # '-' in the table, never 0
+    from bench.tracking.store import runs_table
+
+    run = runs_table(uri, "mbsbench-evaluate").iloc[0]  # the scorer, with the hashes of its model files
+    assert run["dnsmos_ovrl"] == pytest.approx(summary.loc["dnsmos_ovrl", "mean"])
+    assert run["dnsmos_scorer"].startswith("speechmos 0.0.1.1, onnxruntime ") and len(run["dnsmos_p835_sha256"]) == 64
+    assert "scorer_pesq" not in run or not isinstance(run["scorer_pesq"], str)  # no intrusive scorer ran
     assert bench(["metrics", "--enhanced", str(folder / "arctic_20dB.wav")]) == 0
     out = capsys.readouterr().out
     assert "dnsmos_ovrl" in out and "speechmos 0.0.1.1" in out and "sha256" in out

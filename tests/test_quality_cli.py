@@ -36,7 +36,7 @@ def voiced_files(folder: Path, count: int = 3) -> tuple[Path, Path]:
 def test_evaluate_noisy_logs_and_writes(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     clean, noisy = voiced_files(tmp_path / "data")
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    args = ["evaluate", "--data", f"paired:{clean},{noisy}", "--noisy", "--workers", "1", "--pcs",
+    args = ["evaluate", "--data", f"paired:{clean},{noisy}", "--noisy", "--workers", "1", "--pcs", "--no-dnsmos",
             "--out", str(tmp_path / "out"), "--tracking-uri", uri, "--format", "json"]
     assert main(args) == 0
     summary = {row["metric"]: row for row in json.loads(capsys.readouterr().out)}
@@ -54,7 +54,8 @@ def test_evaluate_a_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture) ->
     model = build("optimized", feature_dim=32)
     save_checkpoint(tmp_path / "best.pt", weights(model, cfg, "optimized"))
     args = ["evaluate", "--data", f"paired:{clean},{noisy}", "--variant", "optimized", "--set", "feature_dim=32",
-            "--checkpoint", str(tmp_path / "best.pt"), "--workers", "1", "--no-track", "--out", str(tmp_path / "o")]
+            "--checkpoint", str(tmp_path / "best.pt"), "--workers", "1", "--no-track", "--no-dnsmos", "--out",
+            str(tmp_path / "o")]
     assert main(args) == 0
     assert "optimized on paired" in capsys.readouterr().out
 

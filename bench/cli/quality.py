@@ -50,15 +50,15 @@ def cmd_evaluate(args: argparse.Namespace) -> str:
     from pathlib import Path
 
     from bench.console import progress
-    from bench.data.datasets import open_dataset
+    from bench.data.datasets import open_dataset, spec_form
     from bench.devices import device_name, resolve_device
     from bench.quality.evaluate import evaluate, format_evaluation, write_evaluation
 
     device = resolve_device(args.device)
     uri = tracking_uri(args)  # checked before scoring, not after
-    dataset = open_dataset(args.data)
-    dnsmos = with_dnsmos(args.dnsmos, dataset.has_clean, args.data)
+    dnsmos = with_dnsmos(args.dnsmos, spec_form(args.data)[0] != "folder", args.data)
     model, label = _model(args, device)
+    dataset = open_dataset(args.data)
     pairs = dataset.split(args.split)
     with progress(len(pairs) * (2 if args.pcs else 1), f"scoring {label}", "utt") as bar:
         result, audio = evaluate(dataset, args.split, model, device, args.pcs, args.composite_compat, args.workers,
