@@ -134,6 +134,7 @@ def test_bad_settings(kwargs: dict, fragment: str) -> None:
         ProfileSettings(**kwargs)
 
 
+@pytest.mark.processes  # the probe is a fresh process per measurement
 def test_rss_probe_measures_its_own_process() -> None:
     """A fresh process's peak RSS is its own, not inherited from a parent that used more."""
     import numpy as np

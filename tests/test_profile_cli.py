@@ -82,6 +82,7 @@ def test_sweep_goes_on_after_a_failure(monkeypatch: pytest.MonkeyPatch, capsys: 
     assert "boom" in rows[0]["reason"]
 
 
+@pytest.mark.processes  # each row runs in a fresh spawned process
 def test_profile_compare_times_each_scan_and_chunk(capsys: pytest.CaptureFixture) -> None:
     argv = ["profile", "--compare", "optimized", "--set", "feature_dim=32", "--batch", "1", "--seconds", "0.1",
             "--repeats", "1", "--scans", "naive,chunked_ckpt", "--chunks", "8,16", "--format", "json"]

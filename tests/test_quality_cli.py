@@ -64,6 +64,7 @@ def run_cli(*argv: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "bench", *argv], capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.processes  # a real `python -m bench` process
 def test_checkpoint_of_another_variant(tmp_path: Path) -> None:
     clean, noisy = voiced_files(tmp_path / "data", 1)
     save_checkpoint(tmp_path / "b.pt", weights(build("bsrnn"), build_config("bsrnn"), "bsrnn"))
@@ -73,6 +74,7 @@ def test_checkpoint_of_another_variant(tmp_path: Path) -> None:
     assert len(proc.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.processes  # real `python -m bench` processes: one line, no traceback
 @pytest.mark.parametrize(
     "argv,fragment",
     [
@@ -134,6 +136,7 @@ def test_pcs_flag_is_applied_once(tmp_path: Path) -> None:
     pd.testing.assert_frame_equal(tables[1], tables[0], rtol=1e-12)  # ESTOI varies in its last bit between calls
 
 
+@pytest.mark.processes  # a real `python -m bench` process
 def test_evaluate_checks_the_tracking_store_before_scoring(tmp_path: Path) -> None:
     """Defect 7: an unusable tracking URI stops `bench evaluate` before any utterance is scored."""
     clean, noisy = voiced_files(tmp_path / "data", 1)
