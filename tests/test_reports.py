@@ -322,3 +322,27 @@ def test_runs_come_tidy_and_a_name_two_kinds_share_must_agree() -> None:
     raw.loc[0, "params.data_fingerprint"] = "h"
     with pytest.raises(MbsbenchError, match=r"data_fingerprint.*different values"):
         tidy_runs(raw)
+
+
+def test_the_main_table_gains_dnsmos_columns_and_names_its_scorers() -> None:
+    """DNSMOS columns where runs have them, the scorers in the caption, and runs of two scorers refused."""
+    from reports.collect import Store
+    from reports.tables import main_table
+
+    runs = pd.DataFrame({"run_id": ["r0", "r1"], "run_status": "FINISHED", "start_time": [1, 2],
+                         "variant": "optimized", "seed": ["0", "1"], "data": "synth", "device": "cpu",
+                         "command": "python -m bench run --variant optimized --dnsmos", "pesq_wb": [2.0, 2.2],
+                         "dnsmos_ovrl": [3.0, 3.2], "noisy_dnsmos_ovrl": [2.5, 2.5], "scorer_pesq": "pesq 0.0.4",
+                         "dnsmos_scorer": "speechmos 0.0.1.1, onnxruntime 1.32.0", "dnsmos_p835_sha256": "ab" * 32})
+    empty = pd.DataFrame()
+    table = main_table(Store("sqlite:///x.db", empty, runs, empty, empty))
+    column = table.header.index("DNSMOS OVRL")
+    assert "DNSMOS BAK" not in table.header  # no run has it
+    assert [row[column] for row in table.rows] == ["2.50", "3.10 +- 1.27"]
+    assert "Scored by pesq 0.0.4; speechmos 0.0.1.1, onnxruntime 1.32.0 (model sha256 p835 abababababab)" in \
+        table.caption
+    plain = runs.drop(columns=[c for c in runs if "dnsmos" in c])
+    assert "DNSMOS OVRL" not in main_table(Store("sqlite:///x.db", empty, plain, empty, empty)).header
+    runs.loc[1, "dnsmos_scorer"] = "speechmos 0.0.2, onnxruntime 1.32.0"
+    with pytest.raises(MbsbenchError, match=r"run r0 and .*0\.0\.2.* in run r1"):
+        main_table(Store("sqlite:///x.db", empty, runs, empty, empty))
