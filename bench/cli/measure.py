@@ -42,19 +42,23 @@ def profile_settings(args: argparse.Namespace, device: str, **fixed):
               "lengths": args.lengths or (), "repeats": args.repeats, "rss": not args.no_rss,
               "ops_only": getattr(args, "ops_only", False),
               "strict_timing": getattr(args, "strict_timing", False),
-              "predict": getattr(args, "predict", False)} | fixed
+              "predict": getattr(args, "predict", False), "compile": getattr(args, "compile", None)} | fixed
     return ProfileSettings(device=device, **values)
 
 
 def profile_table(rows: list[dict], settings) -> str:
     """The profile rows under a line stating their conditions."""
     from bench.text import format_table
-    from bench.tracking.schema import PROFILE_COLUMNS
+    from bench.tracking.schema import COMPILED_COLUMNS, PROFILE_COLUMNS
 
     s = settings
     head = f"device: {rows[0]['device']}, {s.dtype}, batch {s.batch}, {s.seconds} s per utterance, "
     head += f"median of {s.repeats}; memory in MiB (live tensor peak), max batch in {s.budget_gb} GiB\n"
-    return head + format_table(rows, PROFILE_COLUMNS, right=PROFILE_COLUMNS[1:-1])
+    text = head + format_table(rows, PROFILE_COLUMNS, right=PROFILE_COLUMNS[1:-1])
+    if s.compile:
+        text += (f"\n\neager and compiled (torch.compile, mode {s.compile}) steps in seconds; compile_s: the first "
+                 "call of each, not in the step times\n" + format_table(rows, COMPILED_COLUMNS, COMPILED_COLUMNS[2:]))
+    return text
 
 
 def profile_named(names_: list[str], overrides: dict, settings, uri: str | None, fmt: str) -> str:
@@ -102,6 +106,15 @@ def cmd_profile(args: argparse.Namespace) -> str:
     for name in names_:
         build_config(name, **overrides)  # every name and field checked before torch is imported
     device = resolve_device(args.device)
+    if args.compile:
+        from bench.profiling.compiled import check_compile
+        from variants.errors import MbsbenchError
+
+        if args.compare is not None or args.top_ops is not None or args.ops_only:
+            raise MbsbenchError("--compile: times a profile's steps (--variant or --all), not --compare, --top-ops "
+                                "or --ops-only")
+
+        check_compile(args.compile, device)
     uri = tracking_uri(args) if args.top_ops is None and args.compare is None else None
     settings = profile_settings(args, device)
     if args.top_ops is not None:
@@ -226,6 +239,10 @@ def add_measure_commands(sub) -> None:
     p.add_argument("--strict-timing", action="store_true", help="refuse a row timed while other processes used "
                    "half a core or more (its times dropped, status 'refused', exit 2); without it such a row is "
                    "marked 'busy' in the timing column")
+    p.add_argument("--compile", nargs="?", const="default", metavar="MODE",
+                   help="also time the steps under torch.compile (inductor) in MODE: default, reduce-overhead (CUDA "
+                        "graphs) or max-autotune; the first call of each step is compile_s, apart from the step "
+                        "times (on a CPU it compiles for minutes and runs slower: see the README)")
     p.add_argument("--scans", type=names, help="--compare: comma-separated scans (default: every available one)")
     p.add_argument("--chunks", type=comma_list(int, 1), help="--compare: chunk sizes, e.g. 16,32,64,128 "
                                                              "(default 32)")

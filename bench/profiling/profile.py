@@ -11,6 +11,7 @@ from bench.console import status
 from bench.devices import device_name
 from bench.interrupts import ignore_interrupts
 from bench.planning.plan import predicted_cuda
+from bench.profiling.compiled import compiled_figures
 from bench.profiling.contention import timing_conditions
 from bench.profiling.instruments import MIB
 from bench.profiling.macs import count_macs
@@ -82,6 +83,9 @@ def profile_variant(name: str, cfg: ModelConfig, settings: ProfileSettings) -> d
         if mode in fitted:
             status(f"  {mode} steps: ops, then {s.warmup} warm-up and {s.repeats} timed ...")
             out |= count_ops(model, cfg, s, mode) | throughput(model, cfg, s, mode)
+    if s.compile and fitted == {"infer", "train"}:
+        status(f"  compiled steps (torch.compile, mode {s.compile}): first call, then timed ...")
+        out |= compiled_figures(model, cfg, s, s.compile)
     return out | timing_conditions(out, s.strict_timing)
 
 

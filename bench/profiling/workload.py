@@ -30,6 +30,7 @@ class ProfileSettings:
     ops_only: bool = False  # parameters, MACs and op counts only (no step is timed or measured)
     strict_timing: bool = False  # a row timed while other processes used half a core or more is refused
     predict: bool = False  # also the planner's predicted CUDA peaks and max batch within budget_gb (bench plan)
+    compile: str | None = None  # also the steps under torch.compile in this mode (bench.profiling.compiled)
 
     def __post_init__(self) -> None:
         if self.batch < 1:

@@ -46,9 +46,17 @@ PROFILE_FIGURES: tuple[str, ...] = (
     "train_step_max_s", "rtf_train", "train_audio_s_per_s", "ops_train_step", "ops_infer_step",
     "triton_launches_train_step", "triton_launches_infer_step", "timing_other_cores",
     "pred_cuda_peak_alloc_mib", "pred_cuda_peak_reserved_mib", "pred_max_batch_cuda",
+    "compile_s_infer", "compile_s_train", "compiled_infer_step_s", "compiled_train_step_s", "recompiles",
+    "compiled_graphs",
 )
 PROFILE_CONDITIONS: tuple[str, ...] = (
     "device", "batch", "seconds", "dtype", "budget_gb", "repeats", "warmup", "threads", "max_batch_method", "ops_only",
+    "compiled",
+)
+# `bench profile --compile`: the compiled steps beside the eager ones, compile time apart
+COMPILED_COLUMNS: tuple[str, ...] = (
+    "variant", "compiled", "infer_step_s", "compiled_infer_step_s", "train_step_s", "compiled_train_step_s",
+    "compile_s_infer", "compile_s_train", "recompiles",
 )
 # the columns of the profile table printed by `bench profile` and `bench ablate --profile-only`
 PROFILE_COLUMNS: tuple[str, ...] = (
