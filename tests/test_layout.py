@@ -103,6 +103,7 @@ def test_tracking_import_changes_nothing() -> None:
     assert json.loads(proc.stdout) == [True, False], proc.stderr
 
 
+@pytest.mark.processes  # two real `python -m bench` processes
 def test_quiet_leaves_stderr_empty(tmp_path: Path) -> None:
     argv = [sys.executable, "-m", "bench", "profile", "--variant", "optimized", "--set", "feature_dim=16", "--batch",
             "1", "--seconds", "0.1", "--repeats", "1", "--no-rss", "--no-track", "--device", "cpu"]

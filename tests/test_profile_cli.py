@@ -37,6 +37,7 @@ def test_profile_table_without_tracking(capsys: pytest.CaptureFixture) -> None:
     assert "optimized" in out and "peak_mem_train_mib" in out
 
 
+@pytest.mark.processes  # each case a real `python -m bench` process: one line, no traceback
 @pytest.mark.parametrize(
     "extra,fragment",
     [

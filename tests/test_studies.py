@@ -69,6 +69,7 @@ def run_cli(*argv: str, cwd: Path) -> subprocess.CompletedProcess:
                           cwd=cwd)
 
 
+@pytest.mark.processes  # each case a real `python -m studies` process: one line, no traceback
 @pytest.mark.parametrize(
     "argv,fragment",
     [
