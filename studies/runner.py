@@ -8,7 +8,6 @@ import json
 import multiprocessing
 import os
 import signal
-import socket
 from collections import Counter
 from dataclasses import dataclass, replace
 
@@ -19,7 +18,7 @@ from studies.queue import Created, create_study, load_study
 from studies.spec import StudySpec
 from studies.storage import StorageSettings, requeue
 from studies.trials import Worker
-from studies.worker import INTERRUPTED, check_worker, die_with_parent, work
+from studies.worker import INTERRUPTED, check_worker, die_with_parent, work, worker_name
 from variants.errors import MbsbenchError, first_line
 
 
@@ -89,9 +88,7 @@ def _run_processes(name: str, storage: StorageSettings, worker: Worker, workers:
             process.join(60)
         add_kept(err, _interrupted_trials(name, storage, processes))
         raise
-    for process in processes:
-        if process.exitcode is not None and process.exitcode < 0:  # killed by a signal: its trial is ours now
-            requeue_dead(name, storage, process.pid, -process.exitcode)
+    requeue_killed(name, storage, processes)
     said = []
     while not problems.empty():
         said.append(problems.get())
@@ -103,13 +100,11 @@ def _interrupted_trials(name: str, storage: StorageSettings, processes: list) ->
     """What the interrupt did to the workers' trials, read back from the study (a worker between trials had
     none in flight; one killed meanwhile has its trial failed and queued again here)."""
     try:
-        for process in processes:
-            if process.exitcode is not None and process.exitcode < 0:
-                requeue_dead(name, storage, process.pid, -process.exitcode)
+        requeue_killed(name, storage, processes)
         study, _ = load_study(storage, name)
     except MbsbenchError as err:  # the interrupt stays an interrupt; what became of the trials is unknown here
         return f"the study could not be read back ({first_line(err, 200)})"
-    owners = {f"{socket.gethostname()}:{process.pid}" for process in processes}
+    owners = {worker_name(process.pid) for process in processes}
     marked = [t.number for t in study.trials
               if t.user_attrs.get("worker") in owners and t.user_attrs.get("fail_reason") == INTERRUPTED]
     if not marked:
@@ -117,12 +112,19 @@ def _interrupted_trials(name: str, storage: StorageSettings, processes: list) ->
     return f"trial{'s' if len(marked) > 1 else ''} {', '.join(map(str, marked))} marked {INTERRUPTED} and queued again"
 
 
+def requeue_killed(name: str, storage: StorageSettings, processes: list) -> None:
+    """requeue_dead for each worker process a signal killed: its trial is ours now."""
+    for process in processes:
+        if process.exitcode is not None and process.exitcode < 0:
+            requeue_dead(name, storage, process.pid, -process.exitcode)
+
+
 def requeue_dead(name: str, storage: StorageSettings, pid: int, signum: int) -> None:
     """Fail the trial a dead local worker left RUNNING (with the reason) and queue it again."""
     from optuna.trial import TrialState
 
     study, _ = load_study(storage, name)
-    owner = f"{socket.gethostname()}:{pid}"
+    owner = worker_name(pid)
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         if trial.user_attrs.get("worker") == owner:
             reason = f"its worker (pid {pid}) died of signal {signum}"

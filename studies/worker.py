@@ -162,10 +162,15 @@ def check_worker(spec: StudySpec, out: Path) -> None:
         client(spec.tracking_uri)
 
 
+def worker_name(pid: int) -> str:
+    """How a trial names the worker process that runs it (its 'worker' attribute): host and pid."""
+    return f"{socket.gethostname()}:{pid}"
+
+
 def run_trial(study, trial, run, storage: StorageSettings) -> str:
     """Run one trial with its heartbeat and tell how it ended: COMPLETE, PRUNED or FAIL (with the reason)."""
     try:
-        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+        trial.set_user_attr("worker", worker_name(os.getpid()))
         # Optuna's own optimize() beats inside; with ask-and-tell the beat is ours (storage.record_heartbeat)
         with Heartbeat(study._storage, trial._trial_id, storage.heartbeat_s):
             return _run_and_tell(study, trial, run, storage)

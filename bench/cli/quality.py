@@ -56,6 +56,7 @@ def cmd_evaluate(args: argparse.Namespace) -> str:
 
     device = resolve_device(args.device)
     uri = tracking_uri(args)  # checked before scoring, not after
+    # from the spec's kind (folder: no clean side), before the data is opened or a model loaded
     dnsmos = with_dnsmos(args.dnsmos, spec_form(args.data)[0] != "folder", args.data)
     model, label = _model(args, device)
     dataset = open_dataset(args.data)
@@ -80,19 +81,18 @@ def cmd_evaluate(args: argparse.Namespace) -> str:
 def with_dnsmos(asked: bool | None, has_clean: bool, what: str) -> bool:
     """Whether DNSMOS runs: as asked (--dnsmos refused with one line without the extra), else where installed;
     without a clean side it is the only metric there is, so it must be installed."""
-    from bench.quality.dnsmos import dnsmos_available, require_dnsmos
+    from bench.quality.dnsmos import MISSING, dnsmos_available
     from variants.errors import MbsbenchError
 
-    if asked is False and not has_clean:
+    if has_clean:
+        if asked and not dnsmos_available():
+            raise MbsbenchError(MISSING)
+        return asked is not False and dnsmos_available()
+    if asked is False:
         raise MbsbenchError(f"{what}: no clean reference, and --no-dnsmos leaves no metric to compute")
-    if asked or not has_clean:
-        try:
-            require_dnsmos()
-        except MbsbenchError as err:
-            raise MbsbenchError(f"{what}: no clean reference, so only non-intrusive metrics apply; {err}" if
-                                not has_clean else str(err)) from None
-        return True
-    return asked is None and dnsmos_available()
+    if not dnsmos_available():
+        raise MbsbenchError(f"{what}: no clean reference, so only non-intrusive metrics apply; {MISSING}")
+    return True
 
 
 def cmd_metrics(args: argparse.Namespace) -> str:

@@ -89,7 +89,7 @@ def probe(model: SpectralEnhancer, cfg: ModelConfig, seeds: tuple[int, ...] = (0
     samples = (FRAMES - 1) * cfg.hop
     lookaheads = []
     for seed in seeds:
-        noise = torch.randn(1, samples, generator=torch.Generator().manual_seed(seed), dtype=torch.float64) * 0.1
+        noise = _noise(samples, seed)
         with torch.no_grad():
             out = model(noise)
             for at in (int(instant * samples) for instant in INSTANTS):
@@ -97,10 +97,15 @@ def probe(model: SpectralEnhancer, cfg: ModelConfig, seeds: tuple[int, ...] = (0
                 lookaheads.append(at - int(changed[0, 1]) if len(changed) else 0)
     culprits = []
     if max(lookaheads) > cfg.n_fft - cfg.hop - 1:  # more than the STFT's own: some module reads ahead
-        noise = torch.randn(1, samples, generator=torch.Generator().manual_seed(seeds[0]), dtype=torch.float64) * 0.1
+        noise = _noise(samples, seeds[0])
         (_, calls), (_, calls2) = _run(model, noise), _run(model, _bumped(noise, int(INSTANTS[0] * samples)))
         culprits = _readers_ahead(calls, calls2, model)
     return Causality(lookaheads, cfg.hop, cfg.sample_rate, culprits)
+
+
+def _noise(samples: int, seed: int) -> Tensor:
+    """The probe's input: seeded float64 noise, batch 1."""
+    return torch.randn(1, samples, generator=torch.Generator().manual_seed(seed), dtype=torch.float64) * 0.1
 
 
 def _bumped(noise: Tensor, at: int) -> Tensor:

@@ -49,10 +49,10 @@ def compiled_figures(model: nn.Module, cfg: ModelConfig, settings: ProfileSettin
     torch._dynamo.reset()
     counters.clear()
     out: dict = {"compiled": mode}
+    s = settings
     with torch._dynamo.config.patch(allow_rnn=True):  # bsrnn's LSTMs: traced, not a graph break
         compiled = torch.compile(model, mode=mode)
         for step_mode in ("infer", "train"):
-            s = settings
             step = make_workload(compiled, cfg, s.batch, s.seconds, s.device, s.dtype).step(step_mode)
             start = time.perf_counter()
             step()

@@ -29,7 +29,7 @@ CALIBRATION = {
     "dnsmos_ovrl": (-0.06766283, 1.11546468, 0.04602535),
 }
 MEL = {"n_fft": 321, "hop": 160, "bands": 120, "amin": 1e-10, "top_db": 80.0}
-INSTALL = 'pip install "mbsbench[dnsmos]"'
+MISSING = 'DNSMOS needs the speechmos model files and onnxruntime: pip install "mbsbench[dnsmos]"'
 
 
 def dnsmos_available() -> bool:
@@ -39,7 +39,7 @@ def dnsmos_available() -> bool:
 
 def require_dnsmos() -> None:
     if not dnsmos_available():
-        raise MbsbenchError(f"DNSMOS needs the speechmos model files and onnxruntime: {INSTALL}")
+        raise MbsbenchError(MISSING)
 
 
 def model_folder() -> Path:
