@@ -76,6 +76,26 @@ def test_plan_prints_every_figure_as_json(capsys: pytest.CaptureFixture) -> None
     assert parts == pytest.approx(row["pred_cuda_peak_alloc_mib"])
 
 
+def test_verify_sets_the_measured_peak_beside_the_traced_one(capsys: pytest.CaptureFixture,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """bench plan --verify: the step run on real CPU tensors (the variant's own scan), within 2% of the trace; a
+    step that needs more memory than RAM and swap hold is refused with one line, before it runs."""
+    from bench.planning import verify
+
+    tiny = ["plan", "--variant", "optimized", "--set", "feature_dim=16", "--set", "temporal_layers=1", "--batch",
+            "2", "--seconds", "0.3", "--verify"]
+    assert bench([*tiny, "--format", "json"]) == 0
+    row = json.loads(capsys.readouterr().out)
+    assert row["verify_scan"] == "chunked" and row["scan"] == "triton"  # checked on the CPU's scan, planned on Triton
+    assert row["measured_live_peak_mib"] > 0 and abs(row["verify_error_pct"]) <= 2
+    assert row["verify_error_pct"] == pytest.approx(
+        100 * (row["traced_live_peak_mib"] - row["measured_live_peak_mib"]) / row["measured_live_peak_mib"])
+    monkeypatch.setattr(verify, "swap_and_ram_bytes", lambda: 2**20)
+    assert bench(tiny) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "MiB of real memory; this machine has 1 MiB available (RAM and swap)" in err[0], err
+
+
 def test_the_largest_batch_that_fits_a_card(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture,
                                            tmp_path) -> None:
     """The largest batch, and the batch x length frontier as rows and a plot (the same search per length)."""
@@ -102,6 +122,8 @@ def test_the_largest_batch_that_fits_a_card(monkeypatch: pytest.MonkeyPatch, cap
     (["--scan", "cuda"], "--scan 'cuda': cannot be traced without its GPU"),
     (["--lengths", "1,2"], "--lengths: the frontier is per card; give --card too"),
     (["--card", "12", "--plot", "f.png"], "--plot: draws the frontier; give the utterance lengths with --lengths"),
+    (["--verify", "--scan", "triton"], "--verify runs the step on this CPU: --scan 'triton' needs a GPU"),
+    (["--verify", "--precision", "bf16"], "--verify: checks float32 steps on the CPU"),
 ])
 def test_plan_bad_input_is_one_line(argv: list[str], fragment: str, capsys: pytest.CaptureFixture) -> None:
     try:

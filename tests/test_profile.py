@@ -9,6 +9,8 @@ from torch import nn
 from bench.profiling import memory as profile
 from bench.profiling.macs import count_macs, matmul_macs
 from bench.profiling.memory import MemoryCurve, peak_bytes
+from bench.profiling.ops import count_ops
+from bench.profiling.steps import measure_step
 from bench.profiling.workload import ProfileSettings
 from variants.errors import MbsbenchError
 from variants.registry import build, build_config, resolve
@@ -87,6 +89,24 @@ def test_original_trains_with_more_memory_than_optimized() -> None:
         assert point["status"] == "ok"
         peaks[name] = point["peak_bytes"]
     assert peaks["original"] > 2 * peaks["optimized"]
+
+
+@pytest.mark.parametrize("mode", ["train", "infer"])
+def test_one_workload_gives_a_steps_memory_ops_and_timing(mode: str) -> None:
+    """measure_step: a warm-up, one instrumented call, the timed repeats (2 + repeats forwards, not 5 + repeats);
+    its peak and op count are those of the separate measurements."""
+    cfg = build_config("optimized", feature_dim=16, temporal_layers=1)
+    settings = ProfileSettings(batch=2, seconds=0.1, repeats=2)
+    model = build("optimized", feature_dim=16, temporal_layers=1)
+    forwards = []
+    model.register_forward_hook(lambda *_: forwards.append(1))
+    point, figures = measure_step(MemoryCurve(model, cfg, settings), mode)
+    assert len(forwards) == 2 + settings.repeats
+    alone = MemoryCurve(model, cfg, settings).measure(2, 0.1, mode)
+    assert figures[f"peak_mem_{mode}_mib"] * 2**20 == point["peak_bytes"] == alone["peak_bytes"]
+    assert figures[f"ops_{mode}_step"] == count_ops(model, cfg, settings, mode)[f"ops_{mode}_step"] > 100
+    assert figures[f"{mode}_step_min_s"] <= figures[f"{mode}_step_s"] <= figures[f"{mode}_step_max_s"]
+    assert "figures" not in point
 
 
 def test_predicted_oom_is_recorded(monkeypatch: pytest.MonkeyPatch) -> None:

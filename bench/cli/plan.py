@@ -20,7 +20,9 @@ def cmd_plan(args: argparse.Namespace) -> str:
     if args.plot and not args.lengths:
         raise MbsbenchError("--plot: draws the frontier; give the utterance lengths with --lengths")
     cards = {card: card_bytes(card) for card in args.card}  # an unknown card is refused before any trace
-    cfg = planned_config(build_config(args.variant, **parse_overrides(args.set)), args.scan)
+    base = build_config(args.variant, **parse_overrides(args.set))
+    checked = _checked_config(args, base)
+    cfg = planned_config(base, args.scan)
     dtype = DTYPES[args.precision]
     row = {"variant": args.variant} | plan(cfg, args.batch, args.seconds, dtype)
     for card, total in cards.items():
@@ -28,6 +30,12 @@ def cmd_plan(args: argparse.Namespace) -> str:
         row[f"fits_{card}"] = need <= total
         row[f"pred_max_batch_{card}"] = max_batch(cfg, args.seconds, total, dtype)
     frontier = _frontier(args, cfg, cards, dtype)
+    if checked is not None:
+        from bench.console import status
+        from bench.planning.verify import cpu_check
+
+        status(f"--verify: running the training step on real CPU tensors (scan {checked.scan})")
+        row |= cpu_check(checked, args.batch, args.seconds)
     if args.format == "json":
         return json.dumps(row | ({"frontier": frontier} if frontier else {}), indent=2)
     head = (f"{args.variant}, batch {args.batch} x {args.seconds:g} s, {args.precision}, scan {cfg.scan}: predicted "
@@ -38,10 +46,28 @@ def cmd_plan(args: argparse.Namespace) -> str:
         verdict = "fits" if row[f"fits_{card}"] else "does not fit"
         lines.append(f"card {card}: {verdict} at batch {args.batch}; largest batch predicted to fit: "
                      f"{row[f'pred_max_batch_{card}']}")
+    if checked is not None:
+        lines.append(f"checked on this CPU (scan {row['verify_scan']}, float32): the traced live-tensor peak "
+                     f"{row['traced_live_peak_mib']:,.1f} MiB vs {row['measured_live_peak_mib']:,.1f} MiB measured on "
+                     f"real tensors, {row['verify_error_pct']:+.2f}%")
     if frontier:
         lines += ["largest batch predicted to fit, per utterance length (the batch x length frontier):",
                   format_table(frontier, list(frontier[0]), list(frontier[0]))]
     return "\n".join(lines)
+
+
+def _checked_config(args: argparse.Namespace, base):
+    """The config --verify runs on the CPU (None without --verify); refused before any trace."""
+    from bench.planning.verify import require_room, verified_config
+    from variants.errors import MbsbenchError
+
+    if not args.verify:
+        return None
+    if args.precision != "fp32":
+        raise MbsbenchError(f"--verify: checks float32 steps on the CPU; --precision {args.precision} is planned only")
+    checked = verified_config(base, args.scan)
+    require_room(checked, args.batch, args.seconds)  # before the plan's traces: a refusal costs one trace
+    return checked
 
 
 def _frontier(args: argparse.Namespace, cfg, cards: dict[str, int], dtype: str) -> list[dict]:
@@ -64,7 +90,8 @@ def add_plan_command(sub) -> None:
     p = add_command(sub, "plan", "will it fit on my GPU: predicted CUDA peaks and max batch, without a GPU",
                     "  python -m bench plan --variant original --batch 2 --seconds 2 --card 12\n"
                     "  python -m bench plan --variant optimized --card 24,H100 --format json\n"
-                    "  python -m bench plan --variant original --card 12,24 --lengths 1,2,4 --plot frontier.png",
+                    "  python -m bench plan --variant original --card 12,24 --lengths 1,2,4 --plot frontier.png\n"
+                    "  python -m bench plan --variant optimized --batch 4 --seconds 1 --verify",
                     cmd_plan)
     add_variant(p)
     p.add_argument("--batch", type=positive_int, default=6, help="utterances per step (default 6)")
@@ -79,4 +106,7 @@ def add_plan_command(sub) -> None:
                    help="comma-separated seconds per utterance: the largest batch for each card at each length "
                         "(the batch x length frontier)")
     p.add_argument("--plot", type=Path, help="write the frontier as a plot to this file (.png, .pdf or .svg)")
+    p.add_argument("--verify", action="store_true",
+                   help="also run the training step on this CPU's real tensors and set its measured live-tensor "
+                        "peak beside the traced one (the tracer's check; needs the step's memory in RAM and swap)")
     add_format(p)

@@ -31,7 +31,7 @@ from bench.profiling.contention import timing_conditions
 from bench.profiling.instruments import MIB, LiveTensorPeak, cuda_peak_bytes
 from bench.profiling.memory import MemoryCurve, emulated_card, is_oom, max_batch_cuda, release
 from bench.profiling.ops import count_ops
-from bench.profiling.timing import throughput
+from bench.profiling.steps import measure_step
 from bench.profiling.workload import ProfileSettings, make_workload, measured_model
 from bench.text import format_table
 from variants.errors import error_line, first_line
@@ -157,10 +157,9 @@ def profile_rows(report: Report, device: str, batch: int, seconds: float, repeat
             row = {"variant": variant, "scan": scan, "batch": batch, "seconds": seconds}
             curve = MemoryCurve(model, cfg, settings)
             for mode in ("train", "infer"):
-                point = curve.measure(batch, seconds, mode)
+                point, figures = measure_step(curve, mode)
                 row[f"peak_{mode}_mib"] = point["peak_bytes"] / MIB if point["status"] == "ok" else point["reason"]
-                if point["status"] == "ok":
-                    row |= throughput(model, cfg, settings, mode) | count_ops(model, cfg, settings, mode)
+                row |= {k: v for k, v in figures.items() if not k.startswith("peak_mem_")}
             row |= timing_conditions(row, strict=False)
             report.add("profile", **{k: v for k, v in row.items() if not k.endswith(("_min_s", "_max_s"))})
             del model

@@ -8,10 +8,11 @@ import torch
 from torch import Tensor, nn
 
 from bench.devices import cuda_index
-from bench.profiling.instruments import LiveTensorPeak, cuda_peak_bytes
+from bench.profiling.instruments import LiveTensorPeak, OpCounter, cuda_peak_bytes
 from bench.profiling.workload import ProfileSettings, make_workload, samples
 from variants.config import ModelConfig
 from variants.errors import first_line
+from variants.scan_triton import LAUNCHES
 
 OOM_MARKERS = ("out of memory", "can't allocate memory", "DefaultCPUAllocator")
 CPU_MEMORY_SHARE = 0.7  # a CPU measurement predicted above this share of available RAM is skipped
@@ -35,14 +36,24 @@ def peak_bytes(run: Callable[[], None], resident: list[Tensor], device: str) -> 
     return live.peak_bytes
 
 
-def available_bytes() -> int:
-    """MemAvailable of this machine (Linux), or a large number elsewhere."""
+def _meminfo(*fields: str) -> int:
+    """The sum of /proc/meminfo's fields in bytes (Linux), or a large number elsewhere."""
     try:
         with open("/proc/meminfo") as info:
-            line = next(line for line in info if line.startswith("MemAvailable"))
-        return int(line.split()[1]) * 1024
-    except (OSError, StopIteration):
+            values = {line.split(":")[0]: int(line.split()[1]) * 1024 for line in info}
+        return sum(values[name] for name in fields)
+    except (OSError, KeyError, ValueError, IndexError):
         return 2**62
+
+
+def available_bytes() -> int:
+    """MemAvailable of this machine (Linux), or a large number elsewhere."""
+    return _meminfo("MemAvailable")
+
+
+def swap_and_ram_bytes() -> int:
+    """MemAvailable plus free swap: what a run may touch if it accepts being slow."""
+    return _meminfo("MemAvailable", "SwapFree")
 
 
 def release(device: str) -> None:
@@ -68,17 +79,28 @@ class MemoryCurve:
         if predicted > limit:
             raise MemoryExceededError(f"predicted {predicted / 2**30:.1f} GiB > {limit / 2**30:.1f} GiB of free RAM")
 
-    def measure(self, batch: int, seconds: float, mode: str = "train") -> dict:
-        """Measure (or predict the OOM of) one point; the point is recorded either way."""
+    def measure(self, batch: int, seconds: float, mode: str = "train",
+                then: Callable[[Callable[[], None]], dict] | None = None) -> dict:
+        """Measure (or predict the OOM of) one point; the point is recorded either way.
+
+        One warm-up, then one instrumented step: its peak bytes, aten ops and Triton launches. `then(step)`,
+        when given, runs on the same warm workload after it (the step's timing) and its dict is returned
+        under "figures" (not kept in the curve).
+        """
         s = self.settings
         point = {"mode": mode, "batch": batch, "seconds": seconds, "units": batch * samples(self.cfg, seconds)}
+        figures = None
         try:
             self._predict(point["units"], mode)
             work = make_workload(self.model, self.cfg, batch, seconds, s.device, s.dtype)
             run = work.step(mode)
             run()  # warm-up; creates the optimizer state, which then counts as resident
-            point |= {"status": "ok", "peak_bytes": peak_bytes(run, work.resident(), s.device),
-                      "fixed_bytes": work.fixed_bytes()}
+            launched = LAUNCHES["count"]
+            with OpCounter() as ops:
+                peak = peak_bytes(run, work.resident(), s.device)
+            point |= {"status": "ok", "peak_bytes": peak, "fixed_bytes": work.fixed_bytes(), "ops": ops.total,
+                      "triton_launches": LAUNCHES["count"] - launched}
+            figures = then(run) if then is not None else None
         except MemoryExceededError as err:
             point |= {"status": "oom", "reason": str(err)}
         except (RuntimeError, MemoryError) as err:
@@ -89,7 +111,7 @@ class MemoryCurve:
             work = run = None
             release(s.device)
         self.points.append(point)
-        return point
+        return point | ({"figures": figures} if figures is not None else {})
 
     def find(self, batch: int, seconds: float, mode: str) -> dict | None:
         return next((p for p in self.points if (p["batch"], p["seconds"], p["mode"]) == (batch, seconds, mode)), None)

@@ -13,13 +13,12 @@ from bench.interrupts import ignore_interrupts
 from bench.planning.plan import predicted_cuda
 from bench.profiling.compiled import compiled_figures
 from bench.profiling.contention import timing_conditions
-from bench.profiling.instruments import MIB
 from bench.profiling.macs import count_macs
 from bench.profiling.memory import MemoryCurve, max_batch_cuda, max_batch_predicted
 from bench.profiling.ops import count_ops
 from bench.profiling.params import check_weights_fit
 from bench.profiling.rss import try_peak_rss
-from bench.profiling.timing import throughput
+from bench.profiling.steps import measure_step
 from bench.profiling.workload import ProfileSettings, measured_model
 from variants.config import ModelConfig
 from variants.errors import MbsbenchError, error_line
@@ -36,17 +35,21 @@ def _train_points(settings: ProfileSettings) -> list[tuple[int, float]]:
     return sorted(points, key=lambda p: p[0] * p[1])
 
 
-def _memory_figures(model, cfg: ModelConfig, s: ProfileSettings) -> tuple[dict, set[str]]:
-    """Peak memory of training (every curve point) and inference, the largest batch in the budget, and
-    the modes that fitted."""
-    curve = MemoryCurve(model, cfg, s)
+def _step_figures(model, cfg: ModelConfig, s: ProfileSettings) -> tuple[dict, set[str]]:
+    """Peak memory of training (every curve point) and inference, ops and timing of both steps at the
+    settings' point, the largest batch in the budget, and the modes that fitted."""
+    curve, out = MemoryCurve(model, cfg, s), {}
     for batch, seconds in _train_points(s):
-        curve.measure(batch, seconds, "train")
-    infer = curve.measure(s.batch, s.seconds, "infer")
-    train = curve.find(s.batch, s.seconds, "train")
-    out = {"status": "ok" if train["status"] == "ok" else "oom", "reason": train.get("reason", "")}
-    out["peak_mem_train_mib"] = train["peak_bytes"] / MIB if train["status"] == "ok" else None
-    out["peak_mem_infer_mib"] = infer["peak_bytes"] / MIB if infer["status"] == "ok" else None
+        if (batch, seconds) == (s.batch, s.seconds):
+            train, figures = measure_step(curve, "train")
+            out |= figures
+        else:
+            curve.measure(batch, seconds, "train")
+    infer, figures = measure_step(curve, "infer")
+    out |= figures
+    out |= {"status": "ok" if train["status"] == "ok" else "oom", "reason": train.get("reason", "")}
+    out.setdefault("peak_mem_train_mib", None)
+    out.setdefault("peak_mem_infer_mib", None)
     out["memory_curve"] = [{k: v for k, v in p.items() if k != "units"} for p in curve.points]
     budget = s.budget_gb * 2**30
     if torch.device(s.device).type == "cuda":
@@ -69,9 +72,10 @@ def profile_variant(name: str, cfg: ModelConfig, settings: ProfileSettings) -> d
         return out | count_ops(model, cfg, s, "train") | count_ops(model, cfg, s, "infer") | {"status": "ok"}
     status("  MACs ...")
     out |= count_macs(model, cfg, s.seconds, s.device)
-    status(f"  peak memory of a training and an inference step, max batch in {s.budget_gb} GiB ...")
-    memory, fitted = _memory_figures(model, cfg, s)
-    out |= memory
+    status(f"  training and inference steps: a warm-up, peak memory and ops of one, {s.repeats} timed; max batch "
+           f"in {s.budget_gb} GiB ...")
+    steps, fitted = _step_figures(model, cfg, s)
+    out |= steps
     if s.predict:
         status(f"  predicted CUDA peaks and max batch in {s.budget_gb} GiB (bench plan) ...")
         out |= predicted_cuda(cfg, s)
@@ -79,10 +83,6 @@ def profile_variant(name: str, cfg: ModelConfig, settings: ProfileSettings) -> d
         status("  peak RSS in fresh processes ...")
         for mode in ("train", "infer"):
             out[f"peak_rss_{mode}_mib"] = try_peak_rss(cfg, s, mode) if mode in fitted else None
-    for mode in ("infer", "train"):
-        if mode in fitted:
-            status(f"  {mode} steps: ops, then {s.warmup} warm-up and {s.repeats} timed ...")
-            out |= count_ops(model, cfg, s, mode) | throughput(model, cfg, s, mode)
     if s.compile and fitted == {"infer", "train"}:
         status(f"  compiled steps (torch.compile, mode {s.compile}): first call, then timed ...")
         out |= compiled_figures(model, cfg, s, s.compile)
@@ -142,9 +142,6 @@ def compare_scans(names: list[str], scans: list[str], chunks: list[int], setting
 
 
 def _compare_row(cfg: ModelConfig, settings: ProfileSettings) -> dict[str, float]:
-    model = measured_model(cfg, settings.device)
-    point = MemoryCurve(model, cfg, settings).measure(settings.batch, settings.seconds, "train")
-    peak = point["peak_bytes"] / MIB if point["status"] == "ok" else None
-    row = throughput(model, cfg, settings, "infer") | throughput(model, cfg, settings, "train")
-    row |= {"peak_mem_train_mib": peak} | count_ops(model, cfg, settings, "train")
+    curve = MemoryCurve(measured_model(cfg, settings.device), cfg, settings)
+    row = measure_step(curve, "infer")[1] | {"peak_mem_train_mib": None} | measure_step(curve, "train")[1]
     return row | timing_conditions(row, settings.strict_timing)

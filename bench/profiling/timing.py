@@ -1,5 +1,7 @@
 """Step times: median and spread of repeats, real-time factor, and where the time of one step goes."""
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -13,7 +15,13 @@ def throughput(model: nn.Module, cfg: ModelConfig, settings: ProfileSettings, mo
     processes' cores in use while it was timed (contended when half a core or more)."""
     s = settings
     work = make_workload(model, cfg, s.batch, s.seconds, s.device, s.dtype)
-    timing = time_call(work.step(mode), s.repeats, s.warmup, s.device)
+    return step_throughput(work.step(mode), s, mode, s.warmup)
+
+
+def step_throughput(step: Callable[[], None], settings: ProfileSettings, mode: str, warmup: int) -> dict:
+    """throughput's figures of a bound step (`warmup` calls first: none when the step is already warm)."""
+    s = settings
+    timing = time_call(step, s.repeats, warmup, s.device)
     audio = s.batch * s.seconds
     return {
         f"{mode}_step_s": timing["median_s"],

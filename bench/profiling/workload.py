@@ -26,7 +26,7 @@ class ProfileSettings:
     lengths: tuple[float, ...] = ()
     repeats: int = 3
     warmup: int = 1
-    rss: bool = True
+    rss: bool = False  # also the peak RSS of each step in a fresh process (bench.profiling.rss)
     ops_only: bool = False  # parameters, MACs and op counts only (no step is timed or measured)
     strict_timing: bool = False  # a row timed while other processes used half a core or more is refused
     predict: bool = False  # also the planner's predicted CUDA peaks and max batch within budget_gb (bench plan)
