@@ -11,7 +11,8 @@ from bench.tracking.store import runs_table
 from variants.errors import MbsbenchError
 
 PROFILE = ("params_m", "macs_g_per_s", "peak_mem_train_mib", "max_batch_train", "rtf_infer", "train_step_s",
-           "pred_cuda_peak_alloc_mib", "pred_cuda_peak_reserved_mib", "pred_max_batch_cuda")
+           "pred_cuda_peak_alloc_mib", "pred_cuda_peak_reserved_mib", "pred_max_batch_cuda",
+           "compiled_train_step_s", "compile_s_train")
 
 
 @dataclass
@@ -94,7 +95,7 @@ def latest_profiles(store: Store) -> pd.DataFrame:
     out = pd.DataFrame({"variant": frame["variant"]})
     for name in PROFILE:
         out[name] = metric(frame, name).to_numpy()
-    for cond in ("run_batch", "run_seconds", "run_device", "run_budget_gb", "run_max_batch_method"):
+    for cond in ("run_batch", "run_seconds", "run_device", "run_budget_gb", "run_max_batch_method", "run_compiled"):
         out[cond] = frame.get(f"{cond}", pd.Series("", index=frame.index)).to_numpy()
     return out.set_index("variant")
 

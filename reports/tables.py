@@ -166,13 +166,19 @@ def ablation_table(store: Store, base: str) -> Table | None:
     if not present or (base not in profiles.index and base not in quality.index):
         return None
     base_utts = _per_utterance(store, base)
-    header = ["Change", "d Params (M)", "d Peak train (MiB)"] + [f"d {LABELS[q]}" for q in QUALITY]
+    figures = [("params_m", 3, 1), ("peak_mem_train_mib", 0, 1), ("train_step_s", 1, 1000)]
+    header = ["Change", "d Params (M)", "d Peak train (MiB)", "d Train step (ms)"]
+    compiled = _compiled_mode(profiles)
+    if compiled:  # eager and compiled side by side
+        figures.append(("compiled_train_step_s", 1, 1000))
+        header.append("d Train step compiled (ms)")
+    header += [f"d {LABELS[q]}" for q in QUALITY]
     rows = []
     for name in present:
         row = [name[len(base):]]
-        for key, digits in (("params_m", 3), ("peak_mem_train_mib", 0)):
+        for key, digits, scale in figures:
             ok = name in profiles.index and base in profiles.index
-            row.append(cell(profiles.loc[name][key] - profiles.loc[base][key], digits=digits) if ok else "-")
+            row.append(cell(scale * (profiles.loc[name][key] - profiles.loc[base][key]), digits=digits) if ok else "-")
         utts = _per_utterance(store, name)
         for q in QUALITY:
             diff, p = paired_test(base_utts, utts, q)
@@ -180,8 +186,18 @@ def ablation_table(store: Store, base: str) -> Table | None:
         rows.append(row)
     return Table(f"ablation_{base}", f"Single changes {'added to' if base == 'original' else 'taken from'} {base}: "
                  "differences to the base (change minus base). Quality: mean over the test utterances of the first "
-                 "seed; * marks p < 0.05 in a Wilcoxon signed-rank test over utterances.", header, rows,
-                 **reproduce(store, [base, *present]))
+                 "seed; * marks p < 0.05 in a Wilcoxon signed-rank test over utterances. Train step: the median "
+                 "step time of each profile" + (f", eager and under torch.compile (mode {compiled}; its compile "
+                                                "time apart, not in the step)" if compiled else "") + ".",
+                 header, rows, **reproduce(store, [base, *present]))
+
+
+def _compiled_mode(profiles: pd.DataFrame) -> str:
+    """The torch.compile mode of the profiles that timed compiled steps ('' for none; modes joined if several)."""
+    if profiles.empty or profiles["compiled_train_step_s"].isna().all():
+        return ""
+    modes = profiles.loc[profiles["compiled_train_step_s"].notna(), "run_compiled"].dropna()
+    return ", ".join(sorted({str(mode) for mode in modes if mode})) or "default"
 
 
 def _value(frame: pd.DataFrame, variant: str, key: str) -> float:

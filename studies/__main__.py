@@ -7,6 +7,7 @@ from pathlib import Path
 from bench.cli.common import (
     above,
     add_command,
+    add_compile,
     add_device,
     add_tracking,
     at_least,
@@ -58,7 +59,7 @@ def study_spec(args: argparse.Namespace):
     knobs = tuple(parse_space(args.space, _typed(args.choices, "--choices"), _typed(args.range, "--range")))
     check_space(base, list(knobs))
     settings = ObjectiveSettings(device="auto", batch=args.batch, seconds=args.seconds, data=args.data,
-                                 steps=args.steps, minutes=args.minutes, seed=args.seed)
+                                 steps=args.steps, minutes=args.minutes, seed=args.seed, compile=args.compile)
     name = args.study_name or f"{args.base}-{args.objective}-{'-'.join(k.name for k in knobs)}"
     spec = StudySpec(name, args.objective, "search", args.base, knobs, settings,
                      args.sampler or default_sampler(knobs), args.trials, None)
@@ -183,6 +184,9 @@ def add_space(p: argparse.ArgumentParser) -> None:
                                                                    "(default 200)")
     p.add_argument("--minutes", type=above(0), help="pesq/multi objectives: budget in minutes")
     p.add_argument("--seed", type=seed_int, default=0, help="sampler and training seed (default 0)")
+    add_compile(p, "time and pesq/multi objectives: the model under torch.compile in MODE (default, "
+                   "reduce-overhead or max-autotune): compiled step times (the compiling call not among them), "
+                   "compiled training; checked on each worker's device before its first trial")
     add_storage(p)
     add_tracking(p)
     p.add_argument("--retry-failed", action="store_true", help="queue again each point whose every trial failed "

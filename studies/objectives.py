@@ -8,6 +8,7 @@ import math
 from dataclasses import replace
 from pathlib import Path
 
+from bench.compiling import compile_model
 from bench.data.datasets import open_dataset
 from bench.profiling.macs import count_macs
 from bench.profiling.memory import MemoryCurve
@@ -33,7 +34,10 @@ def peak_memory(cfg: ModelConfig, s: ObjectiveSettings) -> float:
 def step_time(cfg: ModelConfig, s: ObjectiveSettings) -> float:
     """Median training-step seconds at (batch, seconds)."""
     settings = ProfileSettings(batch=s.batch, seconds=s.seconds, device=s.device, repeats=3, rss=False)
-    return throughput(measured_model(cfg, s.device), cfg, settings, "train")["train_step_s"]
+    model = measured_model(cfg, s.device)
+    if s.compile:  # the warm-up call compiles: the median is of the compiled steps after it
+        model = compile_model(model, s.compile)
+    return throughput(model, cfg, settings, "train")["train_step_s"]
 
 
 def macs(cfg: ModelConfig, s: ObjectiveSettings) -> float:
@@ -49,7 +53,7 @@ def validation_pesq(cfg: ModelConfig, s: ObjectiveSettings, trial=None) -> float
     out = Path(s.workdir) / (trial.study.study_name if trial is not None else "")
     request = RunRequest((name,), (s.seed,), s.data, steps=s.steps, minutes=s.minutes, batch=s.train_batch,
                          crop_seconds=s.crop_seconds, val_every=max(1, (s.steps or 200) // 4), out=out,
-                         overwrite=True)  # a trial run again (queued again) starts over
+                         overwrite=True, compile=s.compile)  # a trial run again (queued again) starts over
     # scan auto: same math as the config's scan, more steps per budget
     run = plan_runs(request, {name: replace(cfg, scan="auto")}, dataset, 1)[0]
     shared = Shared(dataset, split="val", with_pcs=False, observers=(_pruner(trial),) if trial is not None else ())

@@ -57,7 +57,7 @@ class Search:
 def search(spec: StudySpec, storage: StorageSettings, worker: Worker, how: Search = Search()) -> SearchResult:
     """Create the study (queueing its grid points, and failed ones again with how.retry_failed) and run its
     trials with how.processes local workers like `worker`."""
-    check_worker(spec, worker.out)  # before anything is queued
+    check_worker(spec, worker)  # before anything is queued
     created = create_study(spec, storage, how.retry_failed)  # make_storage sets Optuna's log level (INFO with -v)
     if how.processes == 1:
         work(spec.name, storage, replace(worker, index=0))

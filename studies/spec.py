@@ -8,6 +8,7 @@ attribute 'mbsbench_spec' when the study is created.
 import json
 from dataclasses import asdict, dataclass, field
 
+from bench.compiling import COMPILE_MODES
 from studies.space import Knob
 from variants.errors import MbsbenchError
 
@@ -44,6 +45,7 @@ class ObjectiveSettings:
     crop_seconds: float = 1.0
     seed: int = 0
     workdir: str = "studies-runs"
+    compile: str | None = None  # torch.compile mode of the time and pesq objectives' models (None: eager)
 
 
 SAMPLERS = ("grid", "tpe")
@@ -73,8 +75,17 @@ class StudySpec:
         if self.sampler == "grid" and not all(knob.discrete for knob in self.knobs):
             ranged = ", ".join(k.name for k in self.knobs if not k.discrete)
             raise MbsbenchError(f"--sampler grid: {ranged} is a range; a grid needs choices (or use --sampler tpe)")
+        if self.compile_mode not in (None, *COMPILE_MODES):
+            raise MbsbenchError(f"--compile {self.compile_mode!r}: expected one of {', '.join(COMPILE_MODES)}")
         if self.sampler == "tpe" and self.trials is None:
             raise MbsbenchError("--sampler tpe needs --trials N: the study's budget of trials")
+
+    @property
+    def compile_mode(self) -> str | None:
+        """The torch.compile mode its trials run under (a search's settings, an ablation's request or profile)."""
+        if self.kind != "ablation":
+            return self.settings.compile
+        return (self.ablation.get("profile") or self.ablation["request"]).get("compile")
 
     @property
     def metrics(self) -> tuple[str, ...]:

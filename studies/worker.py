@@ -14,8 +14,8 @@ import threading
 import time
 import warnings
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 
+from bench.compiling import check_compile
 from bench.data.datasets import check_spec
 from bench.interrupts import Interrupted, add_kept, signals_deferred
 from bench.invocation import commanded_by
@@ -111,7 +111,7 @@ def work(name: str, storage: StorageSettings, worker: Worker, stop=None) -> Work
     study, spec = load_study(storage, name)
     if worker.tracking_uri:
         spec = replace(spec, tracking_uri=worker.tracking_uri)
-    check_worker(spec, worker.out)
+    check_worker(spec, worker)
     study = optuna.load_study(study_name=name, storage=study._storage, sampler=sampler_for(spec, worker.index))
     run = trial_function(spec, worker)
     creator = study.user_attrs.get(COMMAND_ATTR, "")  # read once: no storage round trip once a trial is taken
@@ -149,9 +149,12 @@ def _next(study, spec: StudySpec, storage: StorageSettings):
         return next_trial(study, spec)
 
 
-def check_worker(spec: StudySpec, out: Path) -> None:
+def check_worker(spec: StudySpec, worker: Worker) -> None:
     """What this machine needs before it takes a trial: the study's data, a writable --out for run folders, the
-    study's tracking store. A one-line error otherwise, and the queue stays as it is."""
+    study's tracking store, what its --compile mode needs on this device. A one-line error otherwise, and the
+    queue stays as it is."""
+    out = worker.out
+    check_compile(spec.compile_mode, worker.device)
     trains = spec.kind == "ablation" and not spec.ablation.get("profile")
     if trains:
         check_spec(spec.ablation["request"]["data"])

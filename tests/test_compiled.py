@@ -44,7 +44,7 @@ def test_compile_that_cannot_run_is_refused_before_any_work(argv: list[str], fra
 
 
 def test_no_cpp_compiler_is_named(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
-    import bench.profiling.compiled as compiled
+    import bench.compiling as compiled
 
     monkeypatch.setattr(compiled.shutil, "which", lambda _name: None)
     assert bench(["profile", "--variant", "optimized", "--no-track", "--compile"]) == 2
@@ -74,3 +74,56 @@ def test_compiled_steps_equal_eager_and_report_their_compile_time(capsys: pytest
     assert row["compiled"] == "default" and row["recompiles"] == 1  # grad mode: inference, then training
     assert row["compile_s_train"] > 10 * row["compiled_train_step_s"] > 0  # the first call, kept apart
     assert row["compiled_infer_step_s"] > 0 and row["infer_step_s"] > 0
+
+
+def short_val_dataset(folder, lengths: tuple[int, ...]):
+    """The tiny synth corpus with validation utterances cut to `lengths` samples (the Triton interpreter is slow)."""
+    import soundfile
+
+    from bench.data.datasets import Dataset, Pair, load_pair, open_dataset
+
+    data = open_dataset("synth:seed=5,train=8,val=4,test=4")
+    pairs = []
+    for index, (pair, length) in enumerate(zip(data.split("val"), lengths)):
+        clean, noisy = load_pair(pair)
+        paths = [folder / f"{kind}{index}.wav" for kind in ("clean", "noisy")]
+        for path, audio in zip(paths, (clean, noisy)):
+            soundfile.write(path, audio[:length], 16000, subtype="FLOAT")
+        pairs.append(Pair(f"v{index}", paths[0], paths[1], pair.speaker))
+    return Dataset("synth-short-val", {"train": data.split("train"), "val": pairs})
+
+
+@pytest.mark.parametrize(("scan", "validation_compiled"), [("chunked", False), ("triton", True)])
+def test_a_compiled_run_validates_every_length_with_one_graph_or_eagerly(scan: str, validation_compiled: bool,
+                                                                        tmp_path, monkeypatch) -> None:
+    """bench run --compile: the training step compiled, and validation on whole utterances of three lengths
+    compiled where one graph serves them all (the Triton scan is one operator; its interpreter runs it here), else
+    eager (the chunked scan's Python loop would compile once per length). aot_eager stands in for inductor: the
+    graphs and guards are dynamo's, whatever the backend (inductor's numerics: the test above)."""
+    from torch._dynamo.utils import counters
+
+    import bench.training.trainer as trainer_module
+    from bench.training.request import PlannedRun, TrainSettings
+
+    if scan == "triton":
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
+    compiled = []
+
+    def aot_eager(module, mode):
+        compiled.append(mode)
+        return torch.compile(module, backend="aot_eager")
+
+    monkeypatch.setattr(trainer_module, "compile_model", aot_eager)
+    torch._dynamo.reset()
+    counters.clear()
+    cfg = build_config("optimized", **TINY, scan=scan)
+    settings = TrainSettings(batch=1, crop_seconds=0.1, steps=1, val_every=1, checkpoint_every=1, compile="default")
+    torch.manual_seed(0)
+    data = short_val_dataset(tmp_path, (4000, 4700, 5400))
+    trainer = trainer_module.Trainer(build_model(cfg), PlannedRun("optimized", cfg, settings, tmp_path), data)
+    result = trainer.run()
+    assert result.status == "ok" and result.first_step_s > 0
+    assert compiled == ["default"] * (2 if validation_compiled else 1)
+    assert (trainer.validator is not trainer.model) == validation_compiled
+    # the training graph, then (validation compiled) the first length's and one for the other two
+    assert counters["stats"]["unique_graphs"] == (3 if validation_compiled else 1), dict(counters["stats"])

@@ -91,6 +91,26 @@ def test_ablation_and_claims(store_uri: str) -> None:
     assert "quoted" in tables["literature"].header[0].lower()
 
 
+def test_the_ablation_table_sets_compiled_step_times_beside_eager_ones(store_uri: str) -> None:
+    """Profiles that timed compiled steps (bench ablate --profile-only --compile) add a compiled column; without
+    them the table has the eager one alone."""
+    from reports.tables import ablation_table
+
+    store = load_store(store_uri)
+    eager = ablation_table(store, "optimized")
+    assert "d Train step (ms)" in eager.header and "d Train step compiled (ms)" not in eager.header
+    profiles = store.profiles.copy()
+    timed = {"optimized": 0.010, "optimized-d_state12": 0.0135}
+    profiles["compiled_train_step_s"] = profiles["variant"].map(timed)
+    profiles["run_compiled"] = "default"
+    table = ablation_table(replace(store, profiles=profiles), "optimized")
+    row = rows_by_name(table)["-d_state12"]
+    assert row["d Train step compiled (ms)"] == "3.5"
+    step = profiles.set_index("variant")["train_step_s"]
+    assert row["d Train step (ms)"] == f"{1000 * (step['optimized-d_state12'] - step['optimized']):.1f}"
+    assert "under torch.compile (mode default" in table.caption
+
+
 def test_markdown_and_latex(store_uri: str, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert reports(["tables", "--format", "latex", "--out", str(tmp_path), "--tracking-uri", store_uri]) == 0
     assert f"to {tmp_path}: main.tex, " in capsys.readouterr().err  # it says which files it wrote
@@ -245,7 +265,7 @@ def run_line(line: str) -> None:
         assert clis[words[2]]([*words[3:], "-q"]) == 0, command
 
 
-TIMED = {"RTF"}  # a figure of the clock: the same rows otherwise
+TIMED = {"RTF", "d Train step (ms)", "d Train step compiled (ms)"}  # figures of the clock: the same rows otherwise
 
 
 def same_rows(table, again) -> None:

@@ -129,6 +129,11 @@ def tracking_uri(args: argparse.Namespace) -> str | None:
     return uri
 
 
+def add_compile(parser: argparse.ArgumentParser, help_text: str) -> None:
+    """--compile [MODE] (MODE default when the flag is bare); checked against the device before any work."""
+    parser.add_argument("--compile", nargs="?", const="default", metavar="MODE", help=help_text)
+
+
 def add_format(parser: argparse.ArgumentParser, choices: tuple[str, ...] = ("table", "json")) -> None:
     parser.add_argument("--format", choices=choices, default=choices[0], help=f"output format (default {choices[0]})")
 

@@ -8,6 +8,7 @@ from contextlib import contextmanager
 from bench.cli.common import (
     above,
     add_command,
+    add_compile,
     add_device,
     add_format,
     add_set,
@@ -39,7 +40,7 @@ def profile_settings(args: argparse.Namespace, device: str, **fixed):
     from bench.profiling.workload import ProfileSettings
 
     values = {"batch": args.batch, "seconds": args.seconds, "dtype": args.dtype, "budget_gb": args.budget_gb,
-              "lengths": args.lengths or (), "repeats": args.repeats, "rss": not args.no_rss,
+              "lengths": args.lengths or (), "repeats": args.repeats, "rss": args.rss,
               "ops_only": getattr(args, "ops_only", False),
               "strict_timing": getattr(args, "strict_timing", False),
               "predict": getattr(args, "predict", False), "compile": getattr(args, "compile", None)} | fixed
@@ -107,7 +108,7 @@ def cmd_profile(args: argparse.Namespace) -> str:
         build_config(name, **overrides)  # every name and field checked before torch is imported
     device = resolve_device(args.device)
     if args.compile:
-        from bench.profiling.compiled import check_compile
+        from bench.compiling import check_compile
         from variants.errors import MbsbenchError
 
         if args.compare is not None or args.top_ops is not None or args.ops_only:
@@ -206,7 +207,9 @@ def add_profile_flags(p: argparse.ArgumentParser, batch: int = 6, seconds: float
     p.add_argument("--lengths", type=comma_list(float, 0.033), help="extra seconds for the memory-vs-length curve, "
                                                                       "e.g. 1,2,4,8")
     p.add_argument("--repeats", type=positive_int, default=3, help="timed repeats after one warm-up (default 3)")
-    p.add_argument("--no-rss", action="store_true", help="skip the fresh-process peak RSS measurement")
+    p.add_argument("--rss", action=argparse.BooleanOptionalAction, default=False,
+                   help="also the peak resident set of each step in a fresh process (about 12 s a step on 2 cores; "
+                        "default off: the live-tensor peak is the memory figure)")
     p.add_argument("--predict", action="store_true", help="also bench plan's predicted CUDA peaks (Triton scan) at "
                                                           "--batch and --seconds and max batch within --budget-gb "
                                                           "(a few seconds more per variant, no GPU needed)")
@@ -239,10 +242,9 @@ def add_measure_commands(sub) -> None:
     p.add_argument("--strict-timing", action="store_true", help="refuse a row timed while other processes used "
                    "half a core or more (its times dropped, status 'refused', exit 2); without it such a row is "
                    "marked 'busy' in the timing column")
-    p.add_argument("--compile", nargs="?", const="default", metavar="MODE",
-                   help="also time the steps under torch.compile (inductor) in MODE: default, reduce-overhead (CUDA "
-                        "graphs) or max-autotune; the first call of each step is compile_s, apart from the step "
-                        "times (on a CPU it compiles for minutes and runs slower: see the README)")
+    add_compile(p, "also time the steps under torch.compile (inductor) in MODE: default, reduce-overhead (CUDA "
+                   "graphs) or max-autotune; the first call of each step is compile_s, apart from the step times (on "
+                   "a CPU it compiles for minutes and runs slower: see the README)")
     p.add_argument("--scans", type=names, help="--compare: comma-separated scans (default: every available one)")
     p.add_argument("--chunks", type=comma_list(int, 1), help="--compare: chunk sizes, e.g. 16,32,64,128 "
                                                              "(default 32)")

@@ -8,6 +8,7 @@ from bench.cli.common import (
     MAX_SEED,
     above,
     add_command,
+    add_compile,
     add_device,
     add_dnsmos,
     add_format,
@@ -37,7 +38,8 @@ def run_request(args: argparse.Namespace, variants: list[str], parent_name: str 
         crop_seconds=args.crop_seconds, lr=args.lr, phase_loss=args.phase_loss, precision=args.precision,
         metricgan=args.metricgan, recipe=args.recipe, val_every=args.val_every,
         checkpoint_every=args.checkpoint_every, out=Path(args.out), resume=args.resume, overwrite=args.overwrite,
-        skip_finished=parent_name is not None, parent_name=parent_name, dnsmos=bool(args.dnsmos))
+        skip_finished=parent_name is not None, parent_name=parent_name, dnsmos=bool(args.dnsmos),
+        compile=args.compile)
 
 
 def run_context(args: argparse.Namespace):
@@ -176,10 +178,12 @@ def _queue(variants: list[str], args: argparse.Namespace) -> str:
 
 def _ablate_profile(variants: list[str], args: argparse.Namespace) -> str:
     """Profile each variant at (batch, crop) without training, one MLflow profile run each."""
+    from bench.compiling import check_compile
     from bench.devices import resolve_device
     from variants.registry import parse_overrides
 
     settings = _profile_settings(args, resolve_device(args.device))
+    check_compile(settings.compile, settings.device)
     return profile_named(variants, parse_overrides(args.set), settings, tracking_uri(args), args.format)
 
 
@@ -189,7 +193,7 @@ def _profile_settings(args: argparse.Namespace, device: str):
 
     batch = args.batch if args.batch is not None else 1
     seconds = args.crop_seconds if args.crop_seconds is not None else 1.0
-    return ProfileSettings(batch=batch, seconds=seconds, device=device, repeats=2, rss=False)
+    return ProfileSettings(batch=batch, seconds=seconds, device=device, repeats=2, rss=False, compile=args.compile)
 
 
 def add_training_flags(p: argparse.ArgumentParser) -> None:
@@ -218,6 +222,10 @@ def add_training_flags(p: argparse.ArgumentParser) -> None:
                                                                  "default 50; synth default budget: 100)")
     add_device(p)
     add_set(p)
+    add_compile(p, "train under torch.compile (inductor) in MODE: default, reduce-overhead (CUDA graphs) or "
+                   "max-autotune; validation compiled too where one graph serves every length (the triton and cuda "
+                   "scans), else eager; step 0's time, compilation included, is train_first_step_s. With "
+                   "--profile-only: the steps timed eager and compiled")
     p.add_argument("--scan", default="auto", choices=SCAN_CHOICES,
                    help="scan for training (default auto: the fastest exact one here); keep: each variant's own;"
                         " --set scan=... wins")

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from bench.compiling import length_is_symbolic
 from bench.console import progress, warn
 from bench.data.datasets import Dataset, check_spec, open_dataset
 from bench.devices import device_name, parameter_dtype
@@ -338,7 +339,8 @@ def run_params(run: PlannedRun, dataset: Dataset, device: str) -> dict:
     train = {f"train_{k}": v for k, v in asdict(settings).items() if k not in BUDGET}
     train |= {"train_batch_per_rank": settings.batch // settings.world_size, "train_recipe": run.recipe}
     scan = resolve_scan(run.config, torch.device(device), parameter_dtype(settings.precision))
-    return run.config.to_dict() | train | {"data": dataset.spec, "scan_resolved": scan}
+    compiled = {"validation_compiled": bool(settings.compile) and length_is_symbolic(scan)}
+    return run.config.to_dict() | train | {"data": dataset.spec, "scan_resolved": scan} | compiled
 
 
 def run_figures(cfg: ModelConfig, result: TrainResult, evaluation: Evaluation | None, noisy: Evaluation) -> dict:
@@ -347,7 +349,8 @@ def run_figures(cfg: ModelConfig, result: TrainResult, evaluation: Evaluation | 
     figures = {"params": params, "params_m": params / 1e6}
     figures |= count_macs(build_model(cfg).eval(), cfg, 1.0, "cpu")
     figures |= {"train_steps": result.steps, "train_epochs": result.epochs, "train_minutes": result.seconds / 60,
-                "train_segments": len(result.segments), "best_step": result.best_step,
+                "train_segments": len(result.segments), "train_first_step_s": result.first_step_s,
+                "best_step": result.best_step,
                 "best_val_loss": result.best_val_loss}
     return figures | summary_means(evaluation) | summary_means(noisy, "noisy_")
 

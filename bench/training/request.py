@@ -9,6 +9,7 @@ import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from bench.compiling import COMPILE_MODES, check_compile
 from bench.tracking.store import client
 from bench.training.distributed import SINGLE, Ranks
 from variants.config import ModelConfig
@@ -47,6 +48,7 @@ class TrainSettings:
     metricgan: bool = False  # the reference's MetricGAN term, from half-way through the budget
     metricgan_weight: float = 1.0
     world_size: int = 1  # ranks of a torchrun run; each takes batch / world_size of every global batch
+    compile: str | None = None  # torch.compile mode of the training step (and of validation where it pays)
 
     def __post_init__(self) -> None:
         checks = [("batch", self.batch >= 1, "an integer >= 1"),
@@ -60,7 +62,8 @@ class TrainSettings:
                   ("seed", self.seed >= 0, "an integer >= 0"),
                   ("precision", self.precision in ("fp32", "bf16", "fp64"), "fp32, bf16 or fp64"),
                   ("metricgan_weight", self.metricgan_weight > 0, "a positive number"),
-                  ("world_size", self.world_size >= 1, "an integer >= 1")]
+                  ("world_size", self.world_size >= 1, "an integer >= 1"),
+                  ("compile", self.compile in (None, *COMPILE_MODES), f"one of {', '.join(COMPILE_MODES)}")]
         for name, ok, expected in checks:
             if not ok:
                 raise MbsbenchError(f"training {name}={getattr(self, name)!r}: expected {expected}")
@@ -100,6 +103,7 @@ class RunRequest:
     parent_name: str | None = None  # an ablation: one parent run over the (variant, seed) runs
     parent_run_id: str | None = None  # a queued ablation: the children's parent run, made when it was queued
     dnsmos: bool = False  # score the test split with DNSMOS too (the [dnsmos] extra)
+    compile: str | None = None  # torch.compile mode for training (bench.compiling); None: eager
 
     def resumes(self, variant: str, seed: int) -> bool:
         """Whether this (variant, seed) continues from its last.pt."""
@@ -174,7 +178,7 @@ def train_settings(request: RunRequest, spec: str, seed: int, world: int = 1) ->
     budget = given or {k: v for k, v in defaults.items() if k in BUDGET}
     metricgan = request.metricgan if request.metricgan is not None else request.recipe == "reference"
     return TrainSettings(**recipe, lr=request.lr, seed=seed, phase_loss=request.phase_loss, **budget,
-                         precision=request.precision, metricgan=metricgan, world_size=world)
+                         precision=request.precision, metricgan=metricgan, world_size=world, compile=request.compile)
 
 
 def resolve_configs(request: RunRequest) -> dict[str, ModelConfig]:
@@ -255,6 +259,7 @@ def check_request(request: RunRequest, spec_check) -> dict[str, ModelConfig]:
 def preflight(request: RunRequest, context: RunContext, spec_check) -> dict[str, ModelConfig]:
     """Every check of a request before its first step (check_request, then the store); the configs to train."""
     configs = check_request(request, spec_check)
+    check_compile(request.compile, context.device)
     if context.tracking_uri:
         client(context.tracking_uri)  # reachable and usable, its schema in place
     return configs

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from bench.compiling import compile_model, length_is_symbolic
 from bench.data.datasets import Dataset, input_gain, load_pair
 from bench.devices import autocast, parameter_dtype
 from bench.interrupts import Interrupted, stop_requests
@@ -25,6 +26,7 @@ from bench.training.metricgan import MetricGAN
 from bench.training.recipe import CropSampler, se_loss
 from bench.training.request import ON_THIS_CPU, PlannedRun, RunContext, TrainSettings
 from variants.errors import MbsbenchError
+from variants.layers import resolve_scan
 
 # settings that change what the weights become: a resumed run must use the checkpoint's values
 MATH_SETTINGS = ("batch", "crop_seconds", "lr", "lr_step_epochs", "lr_gamma", "clip_norm", "phase_loss", "seed",
@@ -46,6 +48,7 @@ class TrainResult:
     train_curve: list[tuple[int, float]] = field(default_factory=list)
     val_curve: list[tuple[int, float]] = field(default_factory=list)
     metricgan_from: int | None = None  # the first step whose loss has the MetricGAN term
+    first_step_s: float = 0.0  # wall seconds of step 0 (with --compile: the compilation of the training step)
     best_path: Path | None = None
     last_path: Path | None = None
 
@@ -89,6 +92,10 @@ class Trainer:
         self.model, self.cfg, self.variant, self.s = model.to(device, self.dtype).train(), cfg, run.variant, settings
         self.val, self.folder, self.device, self.fingerprint = data.split("val"), run.folder, device, data.fingerprint
         self.ranks, self.net = ranks, distributed.data_parallel(self.model, ranks, device)
+        self.validator = self.model  # what validation calls: the model, or its compiled form
+        if settings.compile:
+            self.net, self.validator = compiled_pair(self.net, self.model, settings.compile,
+                                                     resolve_scan(cfg, torch.device(device), self.dtype))
         self.sampler = CropSampler(data.split("train"), settings, cfg)
         # foreach: one multi-tensor op per update stage, not one op per parameter tensor (360 in original)
         self.optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr, foreach=True)
@@ -139,18 +146,19 @@ class Trainer:
 
     def validation_loss(self) -> float:
         """Mean loss over full validation utterances (batch 1, normalised like training)."""
-        model = self.model.eval()
-        total, dtype = 0.0, next(model.parameters()).dtype
+        self.model.eval()
+        total, dtype = 0.0, next(self.model.parameters()).dtype
         with torch.no_grad():
             for pair in self.val:
                 clean, noisy = load_pair(pair)
                 gain = input_gain(noisy, self.cfg)
                 c = torch.from_numpy(clean * gain)[None].to(self.device, dtype)
                 n = torch.from_numpy(noisy * gain)[None].to(self.device, dtype)
+                torch._dynamo.maybe_mark_dynamic(n, 1)  # a compiled validator: one graph for every length
                 with autocast(self.device, self.s.precision):
-                    enhanced = model(n)
+                    enhanced = self.validator(n)
                 total += float(se_loss(enhanced.to(dtype), c, self.cfg, self.phase))
-        model.train()
+        self.model.train()
         return total / max(len(self.val), 1)
 
     def validate(self, step: int) -> None:
@@ -176,6 +184,14 @@ class Trainer:
         return on
 
     def train_step(self, step: int) -> float:
+        if step == 0:  # a compiled run's first step compiles: its time kept apart
+            started = time.perf_counter()
+            value = self._train_step(step)
+            self.result.first_step_s = time.perf_counter() - started
+            return value
+        return self._train_step(step)
+
+    def _train_step(self, step: int) -> float:
         clean, noisy = (t.to(self.device, self.dtype)
                         for t in self.sampler.batch(step, self.ranks.rank, self.ranks.world))
         self.optimizer.zero_grad(set_to_none=True)
@@ -243,6 +259,12 @@ class Trainer:
             self.validate(step)
         if step % self.s.checkpoint_every == 0:
             self.save_last(step)
+
+
+def compiled_pair(net: nn.Module, model: nn.Module, mode: str, scan: str) -> tuple[nn.Module, nn.Module]:
+    """The compiled training module and the validator: compiled too where one graph serves every utterance length
+    (the scan is one operator), else the eager model (a Python-looped scan would compile again per length)."""
+    return compile_model(net, mode), compile_model(model, mode) if length_is_symbolic(scan) else model
 
 
 def check_same_math(data: dict, path: Path, settings: TrainSettings, fingerprint: str) -> None:
