@@ -31,23 +31,51 @@ def test_every_model_traces_into_one_graph(name: str) -> None:
     assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
 
 
+PROFILE = ["profile", "--variant", "optimized", "--no-track"]
+RUN = ["run", "--variant", "optimized", "--steps", "1", "--no-track"]
+ABLATE = ["ablate", "--base", "optimized", "--profile-only", "--no-track"]
+
+
 @pytest.mark.parametrize(("argv", "fragment"), [
-    (["--compile", "reduce-overhead"], "CUDA graphs need a CUDA device"),
-    (["--compile", "fast"], "expected one of default, reduce-overhead, max-autotune"),
-    (["--compile", "--ops-only"], "not --compare, --top-ops or --ops-only"),
+    ([*PROFILE, "--compile", "reduce-overhead"], "CUDA graphs need a CUDA device"),
+    ([*PROFILE, "--compile", "fast"], "expected one of default, reduce-overhead, max-autotune"),
+    ([*PROFILE, "--compile", "--ops-only"], "not --compare, --top-ops or --ops-only"),
+    ([*RUN, "--compile", "reduce-overhead"], "CUDA graphs need a CUDA device"),
+    ([*RUN, "--compile", "fast"], "--compile 'fast': expected one of default, reduce-overhead, max-autotune"),
+    ([*ABLATE, "--compile", "reduce-overhead"], "CUDA graphs need a CUDA device"),
 ])
-def test_compile_that_cannot_run_is_refused_before_any_work(argv: list[str], fragment: str,
+def test_compile_that_cannot_run_is_refused_before_any_work(argv: list[str], fragment: str, tmp_path,
                                                             capsys: pytest.CaptureFixture) -> None:
-    assert bench(["profile", "--variant", "optimized", "--no-track", *argv]) == 2
+    """In every room that compiles: one line, exit 2, nothing written (no run folder)."""
+    out = ["--out", str(tmp_path / "runs")] if argv[0] != "profile" else []
+    assert bench([*argv, *out]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and fragment in err[0], err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_study_compiles_only_in_a_mode_its_workers_can_run(tmp_path, capsys: pytest.CaptureFixture) -> None:
+    """studies create --compile: the mode checked when the study is made, and again against each worker's device
+    before its first trial (reduce-overhead needs CUDA: a CPU worker refuses it and the queue stays as it is)."""
+    from studies.__main__ import main as studies
+
+    storage = ["--storage", f"sqlite:///{tmp_path}/s.db"]
+    assert studies(["create", "--space", "d_state", "--objective", "time", "--compile", "fast", *storage,
+                    "--no-track"]) == 2
+    assert "--compile 'fast': expected one of default" in capsys.readouterr().err
+    assert studies(["create", "--space", "d_state", "--choices", "d_state=4,8", "--objective", "time", "--compile",
+                    "reduce-overhead", "--study-name", "cg", *storage, "--no-track"]) == 0
+    capsys.readouterr()
+    assert studies(["work", "cg", "--device", "cpu", *storage]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "CUDA graphs need a CUDA device" in err[0], err
 
 
 def test_no_cpp_compiler_is_named(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
     import bench.compiling as compiled
 
     monkeypatch.setattr(compiled.shutil, "which", lambda _name: None)
-    assert bench(["profile", "--variant", "optimized", "--no-track", "--compile"]) == 2
+    assert bench([*PROFILE, "--compile"]) == 2
     assert "inductor needs a C++ compiler on the CPU and none of g++, c++, clang++" in capsys.readouterr().err
 
 

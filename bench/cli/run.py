@@ -55,11 +55,14 @@ def run_context(args: argparse.Namespace):
 
 def train(args: argparse.Namespace, variants: list[str], parent_name: str | None = None):
     """Check everything (names and fields before torch is even imported), then run the experiment."""
+    from bench.compiling import check_compile
     from bench.data.datasets import check_spec
+    from bench.devices import resolve_device
     from bench.training import distributed
     from bench.training.request import check_request
 
     request = run_request(args, variants, parent_name)
+    check_compile(request.compile, resolve_device(args.device))  # before check_request makes the output folder
     check_request(request, check_spec)
     if request.dnsmos:
         from bench.quality.dnsmos import require_dnsmos
