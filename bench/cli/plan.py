@@ -11,7 +11,6 @@ DTYPES = {"fp32": "float32", "bf16": "bfloat16"}
 
 def cmd_plan(args: argparse.Namespace) -> str:
     from bench.planning.plan import CONTEXT_BYTES, MIB, card_bytes, max_batch, plan, planned_config
-    from bench.text import figure_table, format_table
     from variants.errors import MbsbenchError
     from variants.registry import build_config, parse_overrides
 
@@ -38,15 +37,23 @@ def cmd_plan(args: argparse.Namespace) -> str:
         row |= cpu_check(checked, args.batch, args.seconds)
     if args.format == "json":
         return json.dumps(row | ({"frontier": frontier} if frontier else {}), indent=2)
-    head = (f"{args.variant}, batch {args.batch} x {args.seconds:g} s, {args.precision}, scan {cfg.scan}: predicted "
+    return _plan_text(args, row, cfg.scan, frontier)
+
+
+def _plan_text(args: argparse.Namespace, row: dict, scan: str, frontier: list[dict]) -> str:
+    """The plan as a figure table under its conditions, a verdict per card, the CPU check and the frontier."""
+    from bench.planning.plan import CONTEXT_BYTES, MIB
+    from bench.text import figure_table, format_table
+
+    head = (f"{args.variant}, batch {args.batch} x {args.seconds:g} s, {args.precision}, scan {scan}: predicted "
             "CUDA figures of one training step (traced on fake tensors; the allocator is modelled, nothing ran on "
             f"a GPU); a card holds tensors in its memory less {CONTEXT_BYTES / MIB:.0f} MiB of CUDA context")
     lines = [head, figure_table(row, ",.1f")]
-    for card in cards:
+    for card in args.card:
         verdict = "fits" if row[f"fits_{card}"] else "does not fit"
         lines.append(f"card {card}: {verdict} at batch {args.batch}; largest batch predicted to fit: "
                      f"{row[f'pred_max_batch_{card}']}")
-    if checked is not None:
+    if "verify_scan" in row:
         lines.append(f"checked on this CPU (scan {row['verify_scan']}, float32): the traced live-tensor peak "
                      f"{row['traced_live_peak_mib']:,.1f} MiB vs {row['measured_live_peak_mib']:,.1f} MiB measured on "
                      f"real tensors, {row['verify_error_pct']:+.2f}%")
