@@ -350,6 +350,7 @@ def run_figures(cfg: ModelConfig, result: TrainResult, evaluation: Evaluation | 
     figures |= count_macs(build_model(cfg).eval(), cfg, 1.0, "cpu")
     figures |= {"train_steps": result.steps, "train_epochs": result.epochs, "train_minutes": result.seconds / 60,
                 "train_segments": len(result.segments), "train_first_step_s": result.first_step_s,
+                "train_compiled_graphs": result.compiled_graphs,
                 "best_step": result.best_step,
                 "best_val_loss": result.best_val_loss}
     return figures | summary_means(evaluation) | summary_means(noisy, "noisy_")

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torch._dynamo.utils import counters
 
 from bench.compiling import compile_model, length_is_symbolic
 from bench.data.datasets import Dataset, input_gain, load_pair
@@ -49,6 +50,7 @@ class TrainResult:
     val_curve: list[tuple[int, float]] = field(default_factory=list)
     metricgan_from: int | None = None  # the first step whose loss has the MetricGAN term
     first_step_s: float = 0.0  # wall seconds of step 0 (with --compile: the compilation of the training step)
+    compiled_graphs: int = 0  # with --compile: graphs dynamo made (training, and validation's per length kind)
     best_path: Path | None = None
     last_path: Path | None = None
 
@@ -234,6 +236,8 @@ class Trainer:
                 self.gan.close()
         self._clock(earlier, started)
         self.result.steps, self.result.epochs = step, step / self.sampler.per_epoch
+        if self.s.compile:
+            self.result.compiled_graphs = int(counters["stats"]["unique_graphs"])
         if stop.requested:
             self.save_last(step)
             raise Interrupted(f"{self.result.last_path} at step {step} (--resume continues it)", stop.signum)
@@ -263,7 +267,10 @@ class Trainer:
 
 def compiled_pair(net: nn.Module, model: nn.Module, mode: str, scan: str) -> tuple[nn.Module, nn.Module]:
     """The compiled training module and the validator: compiled too where one graph serves every utterance length
-    (the scan is one operator), else the eager model (a Python-looped scan would compile again per length)."""
+    (the scan is one operator), else the eager model (a Python-looped scan would compile again per length).
+    Dynamo starts afresh, so that the run's graph count is its own."""
+    torch._dynamo.reset()
+    counters.clear()
     return compile_model(net, mode), compile_model(model, mode) if length_is_symbolic(scan) else model
 
 
