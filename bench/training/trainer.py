@@ -118,6 +118,8 @@ class Trainer:
     def save_last(self, step: int) -> None:
         if not self.ranks.main:
             return
+        if self.s.compile:  # every graph so far, the last validation's too (this segment's: dynamo starts afresh)
+            self.result.compiled_graphs = int(counters["stats"]["unique_graphs"])
         extra = {"step": step, "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                  "result": asdict(self.result) | {"best_path": None, "last_path": None}, "settings": asdict(self.s),
                  "data_fingerprint": self.fingerprint} | self.saved_extra
@@ -236,8 +238,6 @@ class Trainer:
                 self.gan.close()
         self._clock(earlier, started)
         self.result.steps, self.result.epochs = step, step / self.sampler.per_epoch
-        if self.s.compile:
-            self.result.compiled_graphs = int(counters["stats"]["unique_graphs"])
         if stop.requested:
             self.save_last(step)
             raise Interrupted(f"{self.result.last_path} at step {step} (--resume continues it)", stop.signum)
