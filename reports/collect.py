@@ -12,7 +12,7 @@ from variants.errors import MbsbenchError
 
 PROFILE = ("params_m", "macs_g_per_s", "peak_mem_train_mib", "max_batch_train", "rtf_infer", "train_step_s",
            "pred_cuda_peak_alloc_mib", "pred_cuda_peak_reserved_mib", "pred_max_batch_cuda",
-           "compiled_train_step_s", "compile_s_train")
+           "compiled_train_step_s")
 
 
 @dataclass
