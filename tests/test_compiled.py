@@ -20,6 +20,7 @@ def tiny_config(name: str):
     return build_config(base, **TINY, **({"scan": scan} if scan else {}))
 
 
+@pytest.mark.compiles
 @pytest.mark.parametrize("name", TRACED)
 def test_every_model_traces_into_one_graph(name: str) -> None:
     """torch._dynamo.explain at a tiny size: no graph break (bsrnn's LSTMs traced with allow_rnn, as
@@ -79,6 +80,7 @@ def test_no_cpp_compiler_is_named(monkeypatch: pytest.MonkeyPatch, capsys: pytes
     assert "inductor needs a C++ compiler on the CPU and none of g++, c++, clang++" in capsys.readouterr().err
 
 
+@pytest.mark.compiles
 @pytest.mark.processes  # inductor compiles in its own worker processes (minutes of CPU here)
 def test_compiled_steps_equal_eager_and_report_their_compile_time(capsys: pytest.CaptureFixture) -> None:
     """float32: outputs within 1e-6 and gradients within 1e-4 of the largest (measured 2e-8 and 2e-6)."""
@@ -121,6 +123,7 @@ def short_val_dataset(folder, lengths: tuple[int, ...]):
     return Dataset("synth-short-val", {"train": data.split("train"), "val": pairs})
 
 
+@pytest.mark.compiles
 @pytest.mark.parametrize(("scan", "validation_compiled"), [("chunked", False), ("triton", True)])
 def test_a_compiled_run_validates_every_length_with_one_graph_or_eagerly(scan: str, validation_compiled: bool,
                                                                         tmp_path, monkeypatch) -> None:
