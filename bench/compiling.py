@@ -21,10 +21,15 @@ CXX_COMPILERS = ("g++", "c++", "clang++")
 SYMBOLIC_LENGTH_SCANS = ("triton", "cuda")
 
 
+def unknown_mode(mode: str | None) -> str:
+    """Why a mode is not one torch.compile has ('' for a known one, or None: eager)."""
+    return "" if mode in (None, *COMPILE_MODES) else f"--compile {mode!r}: expected one of {', '.join(COMPILE_MODES)}"
+
+
 def compile_unavailable(mode: str, device: str) -> str:
     """Why torch.compile cannot run here in this mode ('' where it can): what is missing, named."""
-    if mode not in COMPILE_MODES:
-        return f"--compile {mode!r}: expected one of {', '.join(COMPILE_MODES)}"
+    if reason := unknown_mode(mode):
+        return reason
     if sys.platform == "win32":
         return "--compile: torch.compile's inductor backend is not supported on Windows"
     kind = str(device).split(":")[0]

@@ -8,7 +8,7 @@ attribute 'mbsbench_spec' when the study is created.
 import json
 from dataclasses import asdict, dataclass, field
 
-from bench.compiling import COMPILE_MODES
+from bench.compiling import unknown_mode
 from studies.space import Knob
 from variants.errors import MbsbenchError
 
@@ -75,8 +75,8 @@ class StudySpec:
         if self.sampler == "grid" and not all(knob.discrete for knob in self.knobs):
             ranged = ", ".join(k.name for k in self.knobs if not k.discrete)
             raise MbsbenchError(f"--sampler grid: {ranged} is a range; a grid needs choices (or use --sampler tpe)")
-        if self.compile_mode not in (None, *COMPILE_MODES):
-            raise MbsbenchError(f"--compile {self.compile_mode!r}: expected one of {', '.join(COMPILE_MODES)}")
+        if reason := unknown_mode(self.compile_mode):
+            raise MbsbenchError(reason)
         if self.sampler == "tpe" and self.trials is None:
             raise MbsbenchError("--sampler tpe needs --trials N: the study's budget of trials")
 

@@ -153,12 +153,11 @@ def check_worker(spec: StudySpec, worker: Worker) -> None:
     """What this machine needs before it takes a trial: the study's data, a writable --out for run folders, the
     study's tracking store, what its --compile mode needs on this device. A one-line error otherwise, and the
     queue stays as it is."""
-    out = worker.out
     check_compile(spec.compile_mode, worker.device)
     trains = spec.kind == "ablation" and not spec.ablation.get("profile")
     if trains:
         check_spec(spec.ablation["request"]["data"])
-        check_writable(out)
+        check_writable(worker.out)
     elif "val_pesq_wb" in spec.metrics:
         check_spec(spec.settings.data)
     if spec.tracking_uri:

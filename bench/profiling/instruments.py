@@ -14,6 +14,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 from bench.profiling.contention import CpuWindow
+from variants.scan_triton import LAUNCHES
 
 MIB = 2**20
 
@@ -139,15 +140,26 @@ def cuda_peak_bytes(fn: Callable[[], Any], device: str = "cuda") -> int:
 
 
 class OpCounter(TorchDispatchMode):
-    """Aten ops dispatched while active, forward and backward: on a GPU each is at least one kernel launch."""
+    """Aten ops dispatched while active, forward and backward (on a GPU each is at least one kernel launch), and the
+    Triton kernels launched meanwhile (`launches`, set on exit; counted without running under counting_only)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.ops: dict[str, int] = {}
+        self.launches = 0
+        self._launched_before = 0
 
     @property
     def total(self) -> int:
         return sum(self.ops.values())
+
+    def __enter__(self) -> "OpCounter":
+        self._launched_before = LAUNCHES["count"]
+        return super().__enter__()
+
+    def __exit__(self, *exc: object) -> None:
+        self.launches = LAUNCHES["count"] - self._launched_before
+        super().__exit__(*exc)
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         name = func.__name__

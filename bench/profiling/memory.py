@@ -12,7 +12,6 @@ from bench.profiling.instruments import LiveTensorPeak, OpCounter, cuda_peak_byt
 from bench.profiling.workload import ProfileSettings, make_workload, samples
 from variants.config import ModelConfig
 from variants.errors import first_line
-from variants.scan_triton import LAUNCHES
 
 OOM_MARKERS = ("out of memory", "can't allocate memory", "DefaultCPUAllocator")
 CPU_MEMORY_SHARE = 0.7  # a CPU measurement predicted above this share of available RAM is skipped
@@ -95,11 +94,10 @@ class MemoryCurve:
             work = make_workload(self.model, self.cfg, batch, seconds, s.device, s.dtype)
             run = work.step(mode)
             run()  # warm-up; creates the optimizer state, which then counts as resident
-            launched = LAUNCHES["count"]
             with OpCounter() as ops:
                 peak = peak_bytes(run, work.resident(), s.device)
             point |= {"status": "ok", "peak_bytes": peak, "fixed_bytes": work.fixed_bytes(), "ops": ops.total,
-                      "triton_launches": LAUNCHES["count"] - launched}
+                      "triton_launches": ops.launches}
             figures = then(run) if then is not None else None
         except MemoryExceededError as err:
             point |= {"status": "oom", "reason": str(err)}

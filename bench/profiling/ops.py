@@ -12,7 +12,7 @@ import torch
 from bench.profiling.instruments import OpCounter
 from bench.profiling.workload import ProfileSettings, make_workload
 from variants.config import ModelConfig
-from variants.scan_triton import LAUNCHES, counting_only
+from variants.scan_triton import counting_only
 
 
 def count_ops(model, cfg: ModelConfig, settings: ProfileSettings, mode: str) -> dict[str, int]:
@@ -21,8 +21,6 @@ def count_ops(model, cfg: ModelConfig, settings: ProfileSettings, mode: str) -> 
     run = make_workload(model, cfg, s.batch, s.seconds, s.device, s.dtype).step(mode)
     with counting_only() if torch.device(s.device).type != "cuda" else nullcontext():
         run()  # warm-up: optimizer state, lazy initialisations
-        before = LAUNCHES["count"]
         with OpCounter() as counter:
             run()
-        launches = LAUNCHES["count"] - before
-    return {f"ops_{mode}_step": counter.total, f"triton_launches_{mode}_step": launches}
+    return {f"ops_{mode}_step": counter.total, f"triton_launches_{mode}_step": counter.launches}

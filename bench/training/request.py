@@ -9,7 +9,7 @@ import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from bench.compiling import COMPILE_MODES, check_compile
+from bench.compiling import COMPILE_MODES, check_compile, unknown_mode
 from bench.tracking.store import client
 from bench.training.distributed import SINGLE, Ranks
 from variants.config import ModelConfig
@@ -63,7 +63,7 @@ class TrainSettings:
                   ("precision", self.precision in ("fp32", "bf16", "fp64"), "fp32, bf16 or fp64"),
                   ("metricgan_weight", self.metricgan_weight > 0, "a positive number"),
                   ("world_size", self.world_size >= 1, "an integer >= 1"),
-                  ("compile", self.compile in (None, *COMPILE_MODES), f"one of {', '.join(COMPILE_MODES)}")]
+                  ("compile", not unknown_mode(self.compile), f"one of {', '.join(COMPILE_MODES)}")]
         for name, ok, expected in checks:
             if not ok:
                 raise MbsbenchError(f"training {name}={getattr(self, name)!r}: expected {expected}")
@@ -257,9 +257,10 @@ def check_request(request: RunRequest, spec_check) -> dict[str, ModelConfig]:
 
 
 def preflight(request: RunRequest, context: RunContext, spec_check) -> dict[str, ModelConfig]:
-    """Every check of a request before its first step (check_request, then the store); the configs to train."""
+    """Every check of a request before its first step (its compile mode on this device, check_request, then the
+    store); the configs to train."""
+    check_compile(request.compile, context.device)  # before check_request makes the output folder
     configs = check_request(request, spec_check)
-    check_compile(request.compile, context.device)
     if context.tracking_uri:
         client(context.tracking_uri)  # reachable and usable, its schema in place
     return configs
