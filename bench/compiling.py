@@ -18,7 +18,7 @@ COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
 CXX_COMPILERS = ("g++", "c++", "clang++")
 # one torch operator each: the length flows through them as a symbol. The other scans loop over chunks or steps in
 # Python, so a graph unrolls them for one length and every new length compiles again
-SYMBOLIC_LENGTH_SCANS = ("triton", "cuda")
+SYMBOLIC_LENGTH_SCANS = ("triton", "cuda", "cpu_fused")
 
 
 def unknown_mode(mode: str | None) -> str:

@@ -11,8 +11,9 @@ from variants.registry import BASES, build_config, build_model, single_change_na
 
 TINY = {"feature_dim": 16, "temporal_layers": 1, "band_layers": 1}
 # every module kind of the registry: the bases, and each single change on the optimized side (original+X swaps
-# in a module that optimized already has; the scans each in a base: naive, chunked, chunked_ckpt below)
-TRACED = [*BASES, *single_change_names("optimized"), "optimized+scan=chunked_ckpt"]
+# in a module that optimized already has; the scans each in a base: naive, chunked; chunked_ckpt and the C kernel's
+# operators below)
+TRACED = [*BASES, *single_change_names("optimized"), "optimized+scan=chunked_ckpt", "optimized+scan=cpu_fused"]
 
 
 def tiny_config(name: str):

@@ -9,6 +9,7 @@ from variants.errors import MbsbenchError
 from variants.layers import SelectiveSSM, wrap_phase
 from variants.registry import BASES, all_names, build
 from variants.scan import selective_scan_chunked, selective_scan_seed
+from variants.scan_cpu import compiler
 
 # D is unused by design under the skip_d seed bug: it must get no gradient there
 UNUSED_UNDER_SKIP_BUG = ".ssm.D"
@@ -162,16 +163,18 @@ def test_config_fields_cover_design() -> None:
 
 @pytest.mark.parametrize("name", ["original", "optimized"])
 def test_fast_scan_model_matches_naive_scan_in_float64(name: str) -> None:
-    """The whole model with chunked_ckpt (time-major path) gives the naive scan's output and gradients."""
+    """The whole model with chunked_ckpt and with the C kernel (time-major paths) gives the naive scan's output and
+    gradients."""
     outputs, grads = [], []
     wav = torch.randn(2, 4000, generator=torch.Generator().manual_seed(1), dtype=torch.float64) * 0.1
-    for scan in ("naive", "chunked_ckpt"):
+    for scan in ("naive", "chunked_ckpt", *(["cpu_fused"] if compiler() else [])):
         torch.manual_seed(0)
         model = build(name, feature_dim=32, scan=scan, chunk_size=7).double()
         out = model(wav)
         (out - wav).abs().mean().backward()
         outputs.append(out.detach())
         grads.append({k: p.grad for k, p in model.named_parameters()})
-    torch.testing.assert_close(outputs[1], outputs[0], rtol=1e-9, atol=1e-12)
-    for key, grad in grads[0].items():
-        torch.testing.assert_close(grads[1][key], grad, rtol=1e-8, atol=1e-12, msg=key)
+    for fast in range(1, len(outputs)):
+        torch.testing.assert_close(outputs[fast], outputs[0], rtol=1e-9, atol=1e-12)
+        for key, grad in grads[0].items():
+            torch.testing.assert_close(grads[fast][key], grad, rtol=1e-8, atol=1e-12, msg=key)

@@ -8,6 +8,7 @@ import torch
 
 from variants.errors import MbsbenchError
 from variants.scan import INDEXED_LOOPS, SCANS, choose_scan, cuda_scan_available, selective_scan_ref
+from variants.scan_cpu import compiler
 
 ALL_CPU = {**{k: v.fn for k, v in SCANS.items() if k not in ("cuda", "triton")}, **INDEXED_LOOPS}
 CPU_SCANS = list(ALL_CPU)
@@ -116,7 +117,7 @@ def test_chunked_ckpt_saved_bytes_grow_with_l_d_not_l_d_n() -> None:
 
 
 def test_auto_picks_a_cpu_scan() -> None:
-    assert choose_scan("auto", torch.device("cpu")) == "chunked_ckpt"
+    assert choose_scan("auto", torch.device("cpu")) == ("cpu_fused" if compiler() else "chunked_ckpt")
     assert choose_scan("naive", torch.device("cpu")) == "naive"
 
 

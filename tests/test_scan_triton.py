@@ -88,7 +88,7 @@ def test_triton_on_cpu_without_the_interpreter_says_what_to_set() -> None:
 
 
 def test_auto_picks_triton_only_on_cuda() -> None:
-    assert choose_scan("auto", torch.device("cpu")) == "chunked_ckpt"
+    assert choose_scan("auto", torch.device("cpu")) != "triton"
     assert choose_scan("triton", torch.device("cpu")) == "triton"
 
 

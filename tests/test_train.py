@@ -78,7 +78,7 @@ def test_run_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert run["pesq_wb"] == pytest.approx(rows[1]["pesq_wb"])
     assert run["noisy_pesq_wb"] == pytest.approx(rows[0]["pesq_wb"])
     assert run["feature_dim"] == "16" and run["data_fingerprint"]
-    assert run["scan"] == "auto" and run["scan_resolved"] == "chunked_ckpt"  # not "chunked"
+    assert run["scan"] == "auto" and run["scan_resolved"] == "cpu_fused"  # not "chunked"
 
 
 def run_cli(*argv: str, env_cache: Path) -> subprocess.CompletedProcess:

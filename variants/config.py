@@ -13,7 +13,7 @@ CHOICES: dict[str, tuple] = {
     "band_mixer": ("bimamba", "mlp"),
     "output_net": ("mlp2", "linear", "none"),
     "decoder": ("dual_magphase", "mask3tap"),
-    "scan": ("naive", "chunked", "chunked_ckpt", "cuda", "triton", "auto"),
+    "scan": ("naive", "chunked", "chunked_ckpt", "cuda", "triton", "cpu_fused", "auto"),
     "skip_d": ("learned", "const_d_inner"),
     "dt_bias_init": ("log_uniform", "zeroed"),
     "scan_clamps": ("none", "seed"),

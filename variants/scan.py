@@ -23,6 +23,12 @@ from torch._subclasses.fake_tensor import unset_fake_temporarily
 
 from variants.errors import MbsbenchError, error_line
 from variants.scan_ckpt import selective_scan_chunked_ckpt, selective_scan_chunked_ckpt_time_major
+from variants.scan_cpu import (
+    kernel_library,
+    missing_compiler,
+    selective_scan_cpu_fused,
+    selective_scan_cpu_fused_time_major,
+)
 from variants.scan_triton import TRITON, selective_scan_triton
 
 try:  # the fused CUDA kernel is optional; "cuda" says how to get it when missing
@@ -155,10 +161,7 @@ def _triton_problem(device: torch.device) -> str | None:
 def _first_triton_launch(device: torch.device) -> str | None:
     """Compile and run both kernels on a tiny scan on the device; compare with the float64 loop."""
     with unset_fake_temporarily():  # a real launch, even when asked from inside a fake-tensor trace
-        g = torch.Generator().manual_seed(0)
-        ref = [torch.rand(1, 5, 3, generator=g, dtype=torch.float64) for _ in range(2)]
-        ref += [-torch.rand(3, 4, generator=g, dtype=torch.float64) - 0.5]
-        ref += [torch.randn(1, 5, 4, generator=g, dtype=torch.float64) for _ in range(2)] + [torch.ones(3).double()]
+        ref = _tiny_problem()
         try:
             inputs = [t.float().to(device).requires_grad_() for t in ref]
             y = selective_scan_triton(*inputs, chunk_size=2)
@@ -167,6 +170,42 @@ def _first_triton_launch(device: torch.device) -> str | None:
         except Exception as caught:  # any failure of a first compile or launch rules the scan out
             return error_line(caught)
     return None if err < 1e-4 else f"the first launch differs from the float64 loop by {err:.1e}"
+
+
+_CPU_KERNEL: list[str | None] = []  # why the C kernel cannot build or run here (probed once), or None
+
+
+def _cpu_fused_problem(device: torch.device) -> str | None:
+    """Why the C kernel cannot build and run on this machine (probed once per process), or None."""
+    del device  # one CPU per process
+    if not _CPU_KERNEL:
+        _CPU_KERNEL.append(_first_cpu_call())
+    return _CPU_KERNEL[0]
+
+
+def _first_cpu_call() -> str | None:
+    """Build the kernel, run both directions on a tiny scan and compare with the float64 loop."""
+    if missing := missing_compiler():
+        return f"the C kernel cannot be built: {missing}"
+    with unset_fake_temporarily():  # a real call, even when asked from inside a fake-tensor trace
+        ref = _tiny_problem()
+        try:
+            kernel_library()
+            inputs = [t.float().requires_grad_() for t in ref]
+            y = selective_scan_cpu_fused(*inputs, chunk_size=2)
+            y.sum().backward()
+            err = (y.detach().double() - selective_scan_ref(*ref)).abs().max().item()
+        except Exception as caught:  # a missing compiler or a failed build rules the scan out
+            return error_line(caught)
+    return None if err < 1e-4 else f"the first call differs from the float64 loop by {err:.1e}"
+
+
+def _tiny_problem() -> list[Tensor]:
+    """u, delta, A, B, C, D of a tiny float64 scan (batch 1, length 5, d 3, n 4)."""
+    g = torch.Generator().manual_seed(0)
+    ref = [torch.rand(1, 5, 3, generator=g, dtype=torch.float64) for _ in range(2)]
+    ref += [-torch.rand(3, 4, generator=g, dtype=torch.float64) - 0.5]
+    return ref + [torch.randn(1, 5, 4, generator=g, dtype=torch.float64) for _ in range(2)] + [torch.ones(3).double()]
 
 
 @dataclass(frozen=True)
@@ -197,9 +236,12 @@ SCANS: dict[str, ScanEntry] = {entry.name: entry for entry in (
     ScanEntry("chunked_ckpt", selective_scan_chunked_ckpt, time_major=selective_scan_chunked_ckpt_time_major),
     ScanEntry("cuda", selective_scan_cuda, devices=("cuda",), float64=False, takes_h0=False, probe=_mamba_problem),
     ScanEntry("triton", selective_scan_triton, devices=("cuda",), probe=_triton_problem, interpreter=True),
+    ScanEntry("cpu_fused", selective_scan_cpu_fused, devices=("cpu",), time_major=selective_scan_cpu_fused_time_major,
+              probe=_cpu_fused_problem),
 )}
 SEED_SCAN = ScanEntry("seed", selective_scan_seed)  # chosen by the flag scan_clamps='seed', never by name
-AUTO_ORDER = ("cuda", "triton", "chunked_ckpt")  # what auto tries, first that can run wins; chunked_ckpt always can
+# what auto tries, first that can run wins; chunked_ckpt always can
+AUTO_ORDER = ("cuda", "triton", "cpu_fused", "chunked_ckpt")
 
 
 # The reference's per-step indexing, kept only so that `bench scan` can measure what it costs.
@@ -236,12 +278,15 @@ def cuda_scan_available() -> bool:
 
 
 def choose_scan(name: str, device: torch.device, dtype: torch.dtype = torch.float32) -> str:
-    """Resolve 'auto' for a device and input dtype: the first of AUTO_ORDER that can run there (mamba_ssm's kernel,
-    then the Triton kernels once a first launch worked, then chunked_ckpt). Other names pass through."""
+    """Resolve 'auto' for a device and input dtype: the first of AUTO_ORDER that can run there (on CUDA mamba_ssm's
+    kernel, then the Triton kernels once a first launch worked; on the CPU the C kernel once it built and ran; then
+    chunked_ckpt). Other names pass through."""
     if name != "auto":
         return name
     report = auto_report(device, dtype)
     chosen = report[-1][0]
-    if device.type == "cuda" and chosen == "chunked_ckpt" and report[1][1] is not None:
-        warnings.warn(f"scan=auto on {device}: {report[1][1]}; the model runs with chunked_ckpt", stacklevel=2)
+    if chosen == "chunked_ckpt":  # the fast scan of this device could not run: say why
+        passed = dict(report)["triton" if device.type == "cuda" else "cpu_fused"]
+        if passed is not None:
+            warnings.warn(f"scan=auto on {device}: {passed}; the model runs with chunked_ckpt", stacklevel=2)
     return chosen
