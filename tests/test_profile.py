@@ -11,7 +11,7 @@ from bench.profiling.macs import count_macs, matmul_macs
 from bench.profiling.memory import MemoryCurve, peak_bytes
 from bench.profiling.ops import count_ops
 from bench.profiling.steps import measure_step
-from bench.profiling.workload import ProfileSettings
+from bench.profiling.workload import ProfileSettings, make_workload
 from variants.errors import MbsbenchError
 from variants.registry import build, build_config, resolve
 
@@ -91,19 +91,24 @@ def test_original_trains_with_more_memory_than_optimized() -> None:
     assert peaks["original"] > 2 * peaks["optimized"]
 
 
-@pytest.mark.parametrize("mode", ["train", "infer"])
-def test_one_workload_gives_a_steps_memory_ops_and_timing(mode: str) -> None:
-    """measure_step: a warm-up, one instrumented call, the timed repeats (2 + repeats forwards, not 5 + repeats);
-    its peak and op count are those of the separate measurements."""
-    cfg = build_config("optimized", feature_dim=16, temporal_layers=1)
-    settings = ProfileSettings(batch=2, seconds=0.1, repeats=2)
-    model = build("optimized", feature_dim=16, temporal_layers=1)
+@pytest.mark.parametrize(("name", "mode"),
+                         [("optimized", "train"), ("optimized", "infer"), ("optimized_seed", "train")])
+def test_one_workload_gives_a_steps_memory_ops_and_timing(name: str, mode: str) -> None:
+    """measure_step: the optimizer state primed, one instrumented call, the timed repeats (1 + repeats whole
+    forwards, not 5 + repeats); its peak and op count are those of the separate measurements, which warm up with a
+    whole step (optimized_seed: its D is unused, so no gradient of it may be primed either)."""
+    cfg = build_config(name, feature_dim=16, temporal_layers=1)
+    settings = ProfileSettings(batch=2, seconds=0.5, repeats=2)
+    model = build(name, feature_dim=16, temporal_layers=1)
     forwards = []
-    model.register_forward_hook(lambda *_: forwards.append(1))
+    model.register_forward_hook(lambda _module, args, _out: forwards.append(args[0].shape))
     point, figures = measure_step(MemoryCurve(model, cfg, settings), mode)
-    assert len(forwards) == 2 + settings.repeats
-    alone = MemoryCurve(model, cfg, settings).measure(2, 0.1, mode)
-    assert figures[f"peak_mem_{mode}_mib"] * 2**20 == point["peak_bytes"] == alone["peak_bytes"]
+    assert forwards.count((2, 8000)) == 1 + settings.repeats
+    work = make_workload(model, cfg, 2, 0.5, "cpu", "float32")
+    run = work.step(mode)
+    run()  # a whole warm-up step, where measure_step primes the optimizer
+    warm = peak_bytes(run, work.resident(), "cpu")
+    assert figures[f"peak_mem_{mode}_mib"] * 2**20 == point["peak_bytes"] == warm
     assert figures[f"ops_{mode}_step"] == count_ops(model, cfg, settings, mode)[f"ops_{mode}_step"] > 100
     assert figures[f"{mode}_step_min_s"] <= figures[f"{mode}_step_s"] <= figures[f"{mode}_step_max_s"]
     assert "figures" not in point

@@ -82,9 +82,9 @@ class MemoryCurve:
                 then: Callable[[Callable[[], None]], dict] | None = None) -> dict:
         """Measure (or predict the OOM of) one point; the point is recorded either way.
 
-        One warm-up, then one instrumented step: its peak bytes, aten ops and Triton launches. `then(step)`,
-        when given, runs on the same warm workload after it (the step's timing) and its dict is returned
-        under "figures" (not kept in the curve).
+        The optimizer state primed (Workload.prime), then one instrumented step: its peak bytes, aten ops and
+        Triton launches. `then(step)`, when given, runs on the same workload after it (the step's timing) and its
+        dict is returned under "figures" (not kept in the curve).
         """
         s = self.settings
         point = {"mode": mode, "batch": batch, "seconds": seconds, "units": batch * samples(self.cfg, seconds)}
@@ -93,7 +93,8 @@ class MemoryCurve:
             self._predict(point["units"], mode)
             work = make_workload(self.model, self.cfg, batch, seconds, s.device, s.dtype)
             run = work.step(mode)
-            run()  # warm-up; creates the optimizer state, which then counts as resident
+            if mode == "train":
+                work.prime()  # the optimizer state, which then counts as resident, without a warm-up step
             with OpCounter() as ops:
                 peak = peak_bytes(run, work.resident(), s.device)
             point |= {"status": "ok", "peak_bytes": peak, "fixed_bytes": work.fixed_bytes(), "ops": ops.total,

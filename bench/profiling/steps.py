@@ -1,4 +1,4 @@
-"""One step's figures from one workload: a warm-up, one instrumented call (peak memory, ops), then timed calls."""
+"""One step's figures from one workload: one instrumented call (peak memory, ops), then timed calls."""
 
 from bench.profiling.instruments import MIB
 from bench.profiling.memory import MemoryCurve
@@ -9,8 +9,8 @@ def measure_step(curve: MemoryCurve, mode: str) -> tuple[dict, dict]:
     """The curve's point at the settings' (batch, seconds) in `mode` and, when it fitted, the step's figures:
     peak memory, aten ops and Triton launches of the instrumented call, the timed repeats after it ({} else).
 
-    The warm-up and the instrumented call come first, so the timing needs no warm-up of its own: a step
-    measured three ways runs 2 + repeats times, where separate measurements ran 5 + repeats.
+    The instrumented call comes first (after the optimizer state is primed: MemoryCurve.measure) and is the
+    timing's warm-up: a step measured three ways runs 1 + repeats times, where separate measurements ran 5 + repeats.
     """
     s = curve.settings
     point = curve.measure(s.batch, s.seconds, mode,
