@@ -63,3 +63,13 @@ def test_without_a_compiler_auto_says_why_and_runs_chunked_ckpt(tmp_path) -> Non
     assert "scan=auto on cpu: the C kernel cannot be built: $CC='no-such-cc' is not on the PATH; the model runs " \
            "with chunked_ckpt" in done.stderr
     assert not list(tmp_path.iterdir())
+
+
+def test_auto_picks_the_kernel_when_first_asked_without_autograd(tmp_path) -> None:
+    """The probe's backward runs with autograd on: a first resolution under no_grad (counting MACs, inference) or
+    inference mode once made auto fall back to chunked_ckpt for the whole process."""
+    for block in ("torch.no_grad()", "torch.inference_mode()"):
+        code = f"import torch; from variants.scan import choose_scan\nwith {block}: print(choose_scan('auto', " \
+               "torch.device('cpu')))"
+        done = run_python(code, MBSBENCH_KERNEL_CACHE=str(tmp_path))
+        assert done.stdout.split() == ["cpu_fused"], (block, done.stderr)

@@ -13,7 +13,8 @@ inputs in float64, and whether and after which probe `auto` may pick it. A new s
 """
 
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 
@@ -160,7 +161,7 @@ def _triton_problem(device: torch.device) -> str | None:
 
 def _first_triton_launch(device: torch.device) -> str | None:
     """Compile and run both kernels on a tiny scan on the device; compare with the float64 loop."""
-    with unset_fake_temporarily():  # a real launch, even when asked from inside a fake-tensor trace
+    with _real_autograd():  # a real launch, even when asked from inside a fake-tensor trace or under no_grad
         ref = _tiny_problem()
         try:
             inputs = [t.float().to(device).requires_grad_() for t in ref]
@@ -187,7 +188,7 @@ def _first_cpu_call() -> str | None:
     """Build the kernel, run both directions on a tiny scan and compare with the float64 loop."""
     if missing := missing_compiler():
         return f"the C kernel cannot be built: {missing}"
-    with unset_fake_temporarily():  # a real call, even when asked from inside a fake-tensor trace
+    with _real_autograd():  # a real call, even when asked from inside a fake-tensor trace or under no_grad
         ref = _tiny_problem()
         try:
             kernel_library()
@@ -198,6 +199,14 @@ def _first_cpu_call() -> str | None:
         except Exception as caught:  # a missing compiler or a failed build rules the scan out
             return error_line(caught)
     return None if err < 1e-4 else f"the first call differs from the float64 loop by {err:.1e}"
+
+
+@contextmanager
+def _real_autograd() -> Iterator[None]:
+    """Real tensors with autograd on: a probe's backward must run even when auto is first resolved inside a fake
+    trace, a no_grad block (inference, counting MACs) or inference mode."""
+    with unset_fake_temporarily(), torch.inference_mode(False), torch.enable_grad():
+        yield
 
 
 def _tiny_problem() -> list[Tensor]:
