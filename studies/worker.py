@@ -19,6 +19,7 @@ from bench.compiling import check_compile
 from bench.data.datasets import check_spec
 from bench.interrupts import Interrupted, add_kept, signals_deferred
 from bench.invocation import commanded_by
+from bench.malloc import tune_malloc
 from bench.tracking.store import client
 from bench.training.request import check_writable
 from studies.queue import COMMAND_ATTR, load_study
@@ -108,6 +109,7 @@ def work(name: str, storage: StorageSettings, worker: Worker, stop=None) -> Work
     ends the loop after a trial that an interrupt did not reach (one lost in a finalizer)."""
     import optuna
 
+    tune_malloc()  # as every bench command that computes: trials' step times as steady as a profile's
     study, spec = load_study(storage, name)
     if worker.tracking_uri:
         spec = replace(spec, tracking_uri=worker.tracking_uri)

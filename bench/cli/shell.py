@@ -80,8 +80,10 @@ def run_main(make_parser: Callable[[], argparse.ArgumentParser], argv: list[str]
     set_verbosity(getattr(args, "verbosity", 0))
     if hasattr(args, "threads"):  # every command that computes: before torch computes anything
         from bench.devices import use_threads
+        from bench.malloc import tune_malloc
 
         args.threads = use_threads(args.threads, getattr(args, "nproc", None) or 1)
+        tune_malloc()
     forget_clients()
     previous = signal.signal(signal.SIGTERM, _terminate)
     try:

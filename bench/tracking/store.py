@@ -18,6 +18,7 @@ from typing import Any
 
 from bench.console import library_log_level
 from bench.invocation import command_tags
+from bench.malloc import malloc_setting
 from bench.tracking.liveness import mark_orphans, owner_tags
 from variants.errors import MbsbenchError, error_line, first_line
 
@@ -201,10 +202,11 @@ def git_state() -> dict[str, str]:
 
 
 def provenance_tags(device_label: str) -> dict[str, str]:
-    """Tags every run carries: git state, package versions, device, torch threads, the command behind it."""
+    """Tags every run carries: git state, package versions, device, torch threads, malloc, the command behind it."""
     import torch
 
-    tags = git_state() | {"device": device_label, "torch_threads": str(torch.get_num_threads())} | command_tags()
+    tags = git_state() | {"device": device_label, "torch_threads": str(torch.get_num_threads()),
+                          "malloc": malloc_setting()} | command_tags()
     for package in PACKAGES:
         try:
             tags[f"version_{package}"] = importlib.metadata.version(package)

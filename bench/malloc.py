@@ -1,0 +1,51 @@
+"""glibc's malloc set for steady step times: freed tensor memory kept for the next step, not returned to the OS.
+
+By default glibc serves blocks above a threshold that it moves at run time with mmap and unmaps them on free, so
+a step's large tensors were page-faulted in afresh on some steps and not on others: the same optimized training
+step (batch 1, 2 s, 2 cores) took 0.25-0.47 s depending on the process. With the threshold fixed at its largest
+(32 MiB) and the heap trimmed only above 1 GiB free, it took 0.24-0.26 s in every process, and the first step at
+batch 6, 2 s 9-11 s instead of 11-17 s. Set for this process (mallopt) and its children (GLIBC_TUNABLES: spawned
+workers, torchrun's ranks); left alone where the user set GLIBC_TUNABLES's malloc tunables or MBSBENCH_MALLOC=default.
+"""
+
+import ctypes
+import os
+import sys
+
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # mallopt's parameter numbers (malloc.h)
+MMAP_THRESHOLD = 32 * 2**20  # the largest glibc accepts on 64-bit (HEAP_MAX_SIZE / 2)
+TRIM_THRESHOLD = 2**30
+TUNABLES = f"glibc.malloc.mmap_threshold={MMAP_THRESHOLD}:glibc.malloc.trim_threshold={TRIM_THRESHOLD}"
+
+
+def malloc_setting() -> str:
+    """What this process's malloc runs with, for the logs."""
+    tunables = os.environ.get("GLIBC_TUNABLES", "")
+    if TUNABLES in tunables:  # set by tune_malloc here, or inherited and read by glibc at this process's start
+        return "mmap threshold 32 MiB, trim 1 GiB"
+    if "glibc.malloc." in tunables:
+        return f"GLIBC_TUNABLES={tunables} (the user's)"
+    return "default" + (" (MBSBENCH_MALLOC=default)" if os.environ.get("MBSBENCH_MALLOC") == "default" else "")
+
+
+def _glibc() -> ctypes.CDLL | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:  # musl and others: no mallopt to set
+        return None
+    return libc if hasattr(libc, "mallopt") else None
+
+
+def tune_malloc() -> str:
+    """Fix the thresholds for this process and its children, unless the user chose otherwise; the setting."""
+    tunables, libc = os.environ.get("GLIBC_TUNABLES", ""), _glibc()
+    users = "glibc.malloc." in tunables and TUNABLES not in tunables
+    if libc is None or users or os.environ.get("MBSBENCH_MALLOC") == "default":
+        return malloc_setting()
+    libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+    libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD)
+    if TUNABLES not in tunables:
+        os.environ["GLIBC_TUNABLES"] = f"{tunables}:{TUNABLES}" if tunables else TUNABLES
+    return malloc_setting()
