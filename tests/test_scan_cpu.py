@@ -73,3 +73,14 @@ def test_auto_picks_the_kernel_when_first_asked_without_autograd(tmp_path) -> No
                "torch.device('cpu')))"
         done = run_python(code, MBSBENCH_KERNEL_CACHE=str(tmp_path))
         assert done.stdout.split() == ["cpu_fused"], (block, done.stderr)
+
+
+def test_an_unwritable_cache_is_one_line(tmp_path) -> None:
+    blocked = tmp_path / "file"
+    blocked.write_text("")  # a file where the cache folder should be
+    code = ("import torch; from variants.scan_cpu import selective_scan_cpu_fused as f;"
+            "f(torch.randn(1, 4, 2), torch.rand(1, 4, 2), -torch.rand(2, 3), torch.randn(1, 4, 3),"
+            " torch.randn(1, 4, 3), torch.ones(2))")
+    done = run_python(code, MBSBENCH_KERNEL_CACHE=str(blocked / "kernels"))
+    assert done.returncode != 0
+    assert f"MbsbenchError: scan='cpu_fused': cannot write its kernel into {blocked / 'kernels'}" in done.stderr

@@ -80,7 +80,11 @@ def kernel_library() -> ctypes.CDLL:
                                     _cpu_flags()]).encode()).hexdigest()[:16]
     target = _cache_dir() / key / "scan_cpu.so"
     if not target.exists():
-        _build(cc, target)
+        try:
+            _build(cc, target)
+        except OSError as err:
+            raise MbsbenchError(f"scan='cpu_fused': cannot write its kernel into {target.parent} ({err.strerror}); "
+                                "set MBSBENCH_KERNEL_CACHE to a writable folder") from err
     lib = ctypes.CDLL(str(target))
     for name in ("scan_forward_f32", "scan_forward_f64", "scan_backward_f32", "scan_backward_f64"):
         getattr(lib, name).restype = None
