@@ -125,11 +125,12 @@ def short_val_dataset(folder, lengths: tuple[int, ...]):
 
 
 @pytest.mark.compiles
-@pytest.mark.parametrize(("scan", "validation_compiled"), [("chunked", False), ("triton", True)])
+@pytest.mark.parametrize(("scan", "validation_compiled"), [("chunked", False), ("triton", True), ("cpu_fused", True)])
 def test_a_compiled_run_validates_every_length_with_one_graph_or_eagerly(scan: str, validation_compiled: bool,
                                                                         tmp_path, monkeypatch) -> None:
     """bench run --compile: the training step compiled, and validation on whole utterances of three lengths
-    compiled where one graph serves them all (the Triton scan is one operator; its interpreter runs it here), else
+    compiled where one graph serves them all (the Triton scan and the C kernel are one operator each; Triton's
+    interpreter runs the first here), else
     eager (the chunked scan's Python loop would compile once per length). aot_eager stands in for inductor: the
     graphs and guards are dynamo's, whatever the backend (inductor's numerics: the test above)."""
     from torch._dynamo.utils import counters
