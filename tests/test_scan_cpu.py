@@ -47,18 +47,18 @@ def run_python(code: str, **env: str) -> subprocess.CompletedProcess:
 
 def test_built_once_per_machine_then_loaded(tmp_path) -> None:
     code = ("import torch; from variants.scan import choose_scan; print(choose_scan('auto', torch.device('cpu')))")
-    first = run_python(code, MBSBENCH_KERNEL_CACHE=str(tmp_path))
+    first = run_python(code, MBSBENCH_CACHE=str(tmp_path))
     assert first.stdout.split() == ["cpu_fused"], first.stderr
-    [library] = tmp_path.glob("*/scan_cpu.so")
+    [library] = tmp_path.glob("kernels/*/scan_cpu.so")
     built = library.stat().st_mtime_ns
-    assert run_python(code, MBSBENCH_KERNEL_CACHE=str(tmp_path)).stdout.split() == ["cpu_fused"]
-    assert library.stat().st_mtime_ns == built and list(tmp_path.glob("*/scan_cpu.so")) == [library]
+    assert run_python(code, MBSBENCH_CACHE=str(tmp_path)).stdout.split() == ["cpu_fused"]
+    assert library.stat().st_mtime_ns == built and list(tmp_path.glob("kernels/*/scan_cpu.so")) == [library]
 
 
 def test_without_a_compiler_auto_says_why_and_runs_chunked_ckpt(tmp_path) -> None:
     code = ("import torch, warnings; from variants.scan import choose_scan; warnings.simplefilter('always');"
             "print(choose_scan('auto', torch.device('cpu')))")
-    done = run_python(code, MBSBENCH_KERNEL_CACHE=str(tmp_path), CC="no-such-cc")
+    done = run_python(code, MBSBENCH_CACHE=str(tmp_path), CC="no-such-cc")
     assert done.stdout.split() == ["chunked_ckpt"], done.stderr
     assert "scan=auto on cpu: the C kernel cannot be built: $CC='no-such-cc' is not on the PATH; the model runs " \
            "with chunked_ckpt" in done.stderr
@@ -71,7 +71,7 @@ def test_auto_picks_the_kernel_when_first_asked_without_autograd(tmp_path) -> No
     for block in ("torch.no_grad()", "torch.inference_mode()"):
         code = f"import torch; from variants.scan import choose_scan\nwith {block}: print(choose_scan('auto', " \
                "torch.device('cpu')))"
-        done = run_python(code, MBSBENCH_KERNEL_CACHE=str(tmp_path))
+        done = run_python(code, MBSBENCH_CACHE=str(tmp_path))
         assert done.stdout.split() == ["cpu_fused"], (block, done.stderr)
 
 
@@ -81,6 +81,6 @@ def test_an_unwritable_cache_is_one_line(tmp_path) -> None:
     code = ("import torch; from variants.scan_cpu import selective_scan_cpu_fused as f;"
             "f(torch.randn(1, 4, 2), torch.rand(1, 4, 2), -torch.rand(2, 3), torch.randn(1, 4, 3),"
             " torch.randn(1, 4, 3), torch.ones(2))")
-    done = run_python(code, MBSBENCH_KERNEL_CACHE=str(blocked / "kernels"))
+    done = run_python(code, MBSBENCH_CACHE=str(blocked))
     assert done.returncode != 0
     assert f"MbsbenchError: scan='cpu_fused': cannot write its kernel into {blocked / 'kernels'}" in done.stderr

@@ -3,7 +3,8 @@
 One loop per batch row over time, the state (n, d) held in the cache and the decay computed where it is used
 (variants/scan_cpu_kernel.c); the forward saves the chunk-start states, as chunked_ckpt does, and the backward
 recomputes each chunk and runs the adjoint recurrence. It needs a C compiler with OpenMP (gcc); the shared
-library is built once per source, compiler and CPU into ~/.cache/mbsbench/kernels (MBSBENCH_KERNEL_CACHE).
+library is built once per source, compiler and CPU into the user cache's kernels/ (MBSBENCH_CACHE, else
+~/.cache/mbsbench, as bench.cache.default_cache).
 """
 
 import ctypes
@@ -43,8 +44,8 @@ def _cpu_flags() -> str:
 
 
 def _cache_dir() -> Path:
-    root = os.environ.get("MBSBENCH_KERNEL_CACHE") or Path.home() / ".cache" / "mbsbench" / "kernels"
-    return Path(root)
+    """The user cache's kernels/ (bench.cache.default_cache, which variants may not import)."""
+    return Path(os.environ.get("MBSBENCH_CACHE", Path.home() / ".cache" / "mbsbench")) / "kernels"
 
 
 def _build(cc: str, target: Path) -> None:
@@ -84,7 +85,7 @@ def kernel_library() -> ctypes.CDLL:
             _build(cc, target)
         except OSError as err:
             raise MbsbenchError(f"scan='cpu_fused': cannot write its kernel into {target.parent} ({err.strerror}); "
-                                "set MBSBENCH_KERNEL_CACHE to a writable folder") from err
+                                "set MBSBENCH_CACHE to a writable folder") from err
     lib = ctypes.CDLL(str(target))
     for name in ("scan_forward_f32", "scan_forward_f64", "scan_backward_f32", "scan_backward_f64"):
         getattr(lib, name).restype = None
