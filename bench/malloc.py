@@ -2,10 +2,11 @@
 
 By default glibc serves blocks above a threshold that it moves at run time with mmap and unmaps them on free, so
 a step's large tensors were page-faulted in afresh on some steps and not on others: the same optimized training
-step (batch 1, 2 s, 2 cores) took 0.25-0.47 s depending on the process. With the threshold fixed at its largest
-(32 MiB) and the heap trimmed only above 1 GiB free, it took 0.24-0.26 s in every process, and the first step at
-batch 6, 2 s 9-11 s instead of 11-17 s. Set for this process (mallopt) and its children (GLIBC_TUNABLES: spawned
-workers, torchrun's ranks); left alone where the user set GLIBC_TUNABLES's malloc tunables or MBSBENCH_MALLOC=default.
+step (batch 1, 2 s, 2 cores) had medians of 0.28-0.35 s from one fresh process to the next. With the threshold
+fixed at its largest (32 MiB) and the heap trimmed only above 1 GiB free: 0.24-0.26 s in every process, and the
+steady step at batch 6, 2 s 3.5-3.9 s instead of 4.1-4.4 s. Set for this process (mallopt) and its children
+(GLIBC_TUNABLES: spawned workers, torchrun's ranks); left alone where the user set GLIBC_TUNABLES's malloc
+tunables or MBSBENCH_MALLOC=default.
 """
 
 import ctypes
