@@ -24,12 +24,7 @@ from torch._subclasses.fake_tensor import unset_fake_temporarily
 
 from variants.errors import MbsbenchError, error_line
 from variants.scan_ckpt import selective_scan_chunked_ckpt, selective_scan_chunked_ckpt_time_major
-from variants.scan_cpu import (
-    kernel_library,
-    missing_compiler,
-    selective_scan_cpu_fused,
-    selective_scan_cpu_fused_time_major,
-)
+from variants.scan_cpu import missing_compiler, selective_scan_cpu_fused, selective_scan_cpu_fused_time_major
 from variants.scan_triton import TRITON, selective_scan_triton
 
 try:  # the fused CUDA kernel is optional; "cuda" says how to get it when missing
@@ -161,16 +156,21 @@ def _triton_problem(device: torch.device) -> str | None:
 
 def _first_triton_launch(device: torch.device) -> str | None:
     """Compile and run both kernels on a tiny scan on the device; compare with the float64 loop."""
-    with _real_autograd():  # a real launch, even when asked from inside a fake-tensor trace or under no_grad
+    return _first_call(selective_scan_triton, device)
+
+
+def _first_call(scan: Callable[..., Tensor], device: torch.device) -> str | None:
+    """Why a scan's first forward and backward on a tiny problem failed or differ from the float64 loop, or None."""
+    with _real_autograd():
         ref = _tiny_problem()
         try:
             inputs = [t.float().to(device).requires_grad_() for t in ref]
-            y = selective_scan_triton(*inputs, chunk_size=2)
+            y = scan(*inputs, chunk_size=2)
             y.sum().backward()
             err = (y.detach().double().cpu() - selective_scan_ref(*ref)).abs().max().item()
-        except Exception as caught:  # any failure of a first compile or launch rules the scan out
+        except Exception as caught:  # any failure of a first build, compile or launch rules the scan out
             return error_line(caught)
-    return None if err < 1e-4 else f"the first launch differs from the float64 loop by {err:.1e}"
+    return None if err < 1e-4 else f"the first call differs from the float64 loop by {err:.1e}"
 
 
 _CPU_KERNEL: list[str | None] = []  # why the C kernel cannot build or run here (probed once), or None
@@ -185,26 +185,16 @@ def _cpu_fused_problem(device: torch.device) -> str | None:
 
 
 def _first_cpu_call() -> str | None:
-    """Build the kernel, run both directions on a tiny scan and compare with the float64 loop."""
+    """Build the C kernel, run both directions on a tiny scan and compare with the float64 loop."""
     if missing := missing_compiler():
         return f"the C kernel cannot be built: {missing}"
-    with _real_autograd():  # a real call, even when asked from inside a fake-tensor trace or under no_grad
-        ref = _tiny_problem()
-        try:
-            kernel_library()
-            inputs = [t.float().requires_grad_() for t in ref]
-            y = selective_scan_cpu_fused(*inputs, chunk_size=2)
-            y.sum().backward()
-            err = (y.detach().double() - selective_scan_ref(*ref)).abs().max().item()
-        except Exception as caught:  # a missing compiler or a failed build rules the scan out
-            return error_line(caught)
-    return None if err < 1e-4 else f"the first call differs from the float64 loop by {err:.1e}"
+    return _first_call(selective_scan_cpu_fused, torch.device("cpu"))
 
 
 @contextmanager
 def _real_autograd() -> Iterator[None]:
-    """Real tensors with autograd on: a probe's backward must run even when auto is first resolved inside a fake
-    trace, a no_grad block (inference, counting MACs) or inference mode."""
+    """Real tensors with autograd on: a probe's real call and backward must run even when auto is first resolved
+    inside a fake-tensor trace, a no_grad block (inference, counting MACs) or inference mode."""
     with unset_fake_temporarily(), torch.inference_mode(False), torch.enable_grad():
         yield
 
