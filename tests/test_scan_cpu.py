@@ -1,16 +1,15 @@
 """The C kernel scan (scan=cpu_fused): what auto picks on a CPU, results that do not depend on the thread count,
 one build per machine, and a missing compiler named. Its values against the float64 loop: tests/test_scan.py."""
 
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 from tests.test_scan import make_inputs
-from variants.scan_cpu import compiler, selective_scan_cpu_fused
+from variants import scan
+from variants.errors import MbsbenchError
+from variants.scan import choose_scan
+from variants.scan_cpu import compiler, kernel_library, selective_scan_cpu_fused
 
 pytestmark = pytest.mark.skipif(compiler() is None, reason="no C compiler here")
 
@@ -40,47 +39,44 @@ def test_the_kernel_traces_on_fake_tensors() -> None:
     assert y.shape == (3, 40, 8) and [g.shape for g in grads] == [t.shape for t in inputs]
 
 
-def run_python(code: str, **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                          env=os.environ | env)
+@pytest.fixture
+def fresh_kernel(tmp_path, monkeypatch: pytest.MonkeyPatch):
+    """A process as if new: no kernel loaded, auto not yet probed, the user cache in tmp_path."""
+    monkeypatch.setenv("MBSBENCH_CACHE", str(tmp_path))
+    monkeypatch.setattr(scan, "_CPU_KERNEL", [])
+    kernel_library.cache_clear()
+    yield tmp_path
+    kernel_library.cache_clear()  # the next user loads the session's own build again
 
 
-def test_built_once_per_machine_then_loaded(tmp_path) -> None:
-    code = ("import torch; from variants.scan import choose_scan; print(choose_scan('auto', torch.device('cpu')))")
-    first = run_python(code, MBSBENCH_CACHE=str(tmp_path))
-    assert first.stdout.split() == ["cpu_fused"], first.stderr
-    [library] = tmp_path.glob("kernels/*/scan_cpu.so")
+def test_built_once_per_machine_then_loaded(fresh_kernel) -> None:
+    assert choose_scan("auto", torch.device("cpu")) == "cpu_fused"
+    [library] = fresh_kernel.glob("kernels/*/scan_cpu.so")
     built = library.stat().st_mtime_ns
-    assert run_python(code, MBSBENCH_CACHE=str(tmp_path)).stdout.split() == ["cpu_fused"]
-    assert library.stat().st_mtime_ns == built and list(tmp_path.glob("kernels/*/scan_cpu.so")) == [library]
+    kernel_library.cache_clear()  # the next process
+    kernel_library()
+    assert library.stat().st_mtime_ns == built and list(fresh_kernel.glob("kernels/*/scan_cpu.so")) == [library]
 
 
-def test_without_a_compiler_auto_says_why_and_runs_chunked_ckpt(tmp_path) -> None:
-    code = ("import torch, warnings; from variants.scan import choose_scan; warnings.simplefilter('always');"
-            "print(choose_scan('auto', torch.device('cpu')))")
-    done = run_python(code, MBSBENCH_CACHE=str(tmp_path), CC="no-such-cc")
-    assert done.stdout.split() == ["chunked_ckpt"], done.stderr
-    assert "scan=auto on cpu: the C kernel cannot be built: $CC='no-such-cc' is not on the PATH; the model runs " \
-           "with chunked_ckpt" in done.stderr
-    assert not list(tmp_path.iterdir())
+def test_without_a_compiler_auto_says_why_and_runs_chunked_ckpt(fresh_kernel, monkeypatch) -> None:
+    monkeypatch.setenv("CC", "no-such-cc")
+    with pytest.warns(UserWarning, match=r"scan=auto on cpu: the C kernel cannot be built: \$CC='no-such-cc' is "
+                                         "not on the PATH; the model runs with chunked_ckpt"):
+        assert choose_scan("auto", torch.device("cpu")) == "chunked_ckpt"
+    assert not list(fresh_kernel.iterdir())
 
 
-def test_auto_picks_the_kernel_when_first_asked_without_autograd(tmp_path) -> None:
+@pytest.mark.parametrize("block", [torch.no_grad, torch.inference_mode])
+def test_auto_picks_the_kernel_when_first_asked_without_autograd(fresh_kernel, block) -> None:
     """The probe's backward runs with autograd on: a first resolution under no_grad (counting MACs, inference) or
     inference mode once made auto fall back to chunked_ckpt for the whole process."""
-    for block in ("torch.no_grad()", "torch.inference_mode()"):
-        code = f"import torch; from variants.scan import choose_scan\nwith {block}: print(choose_scan('auto', " \
-               "torch.device('cpu')))"
-        done = run_python(code, MBSBENCH_CACHE=str(tmp_path))
-        assert done.stdout.split() == ["cpu_fused"], (block, done.stderr)
+    with block():
+        assert choose_scan("auto", torch.device("cpu")) == "cpu_fused"
 
 
-def test_an_unwritable_cache_is_one_line(tmp_path) -> None:
-    blocked = tmp_path / "file"
+def test_an_unwritable_cache_is_one_line(fresh_kernel, monkeypatch) -> None:
+    blocked = fresh_kernel / "file"
     blocked.write_text("")  # a file where the cache folder should be
-    code = ("import torch; from variants.scan_cpu import selective_scan_cpu_fused as f;"
-            "f(torch.randn(1, 4, 2), torch.rand(1, 4, 2), -torch.rand(2, 3), torch.randn(1, 4, 3),"
-            " torch.randn(1, 4, 3), torch.ones(2))")
-    done = run_python(code, MBSBENCH_CACHE=str(blocked))
-    assert done.returncode != 0
-    assert f"MbsbenchError: scan='cpu_fused': cannot write its kernel into {blocked / 'kernels'}" in done.stderr
+    monkeypatch.setenv("MBSBENCH_CACHE", str(blocked))
+    with pytest.raises(MbsbenchError, match=f"scan='cpu_fused': cannot write its kernel into {blocked / 'kernels'}"):
+        selective_scan_cpu_fused(*make_inputs(4, torch.float32, batch=1, d=2, n=3)[:6])
