@@ -171,6 +171,8 @@ def selective_scan_cpu_fused_time_major(
     """
     if u.device.type != "cpu":
         raise MbsbenchError(f"scan='cpu_fused' runs on CPU tensors, got {u.device}; use scan=auto")
+    if chunk_size < 1:  # the kernel divides by it
+        raise MbsbenchError(f"scan='cpu_fused': chunk_size {chunk_size}: expected a positive integer")
     given = u.dtype
     dtype = given if given in (torch.float32, torch.float64) else torch.float32
     u, delta, A, B, C, D = (t.to(dtype) for t in (u, delta, A, B, C, D))
