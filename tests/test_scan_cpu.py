@@ -43,10 +43,11 @@ def test_the_kernel_traces_on_fake_tensors() -> None:
 def fresh_kernel(tmp_path, monkeypatch: pytest.MonkeyPatch):
     """A process as if new: no kernel loaded, auto not yet probed, the user cache in tmp_path."""
     monkeypatch.setenv("MBSBENCH_CACHE", str(tmp_path))
-    monkeypatch.setattr(scan, "_CPU_KERNEL", [])
+    scan._first_cpu_call.cache_clear()
     kernel_library.cache_clear()
     yield tmp_path
-    kernel_library.cache_clear()  # the next user loads the session's own build again
+    scan._first_cpu_call.cache_clear()  # the next user probes and loads the session's own build again
+    kernel_library.cache_clear()
 
 
 def test_built_once_per_machine_then_loaded(fresh_kernel) -> None:

@@ -16,7 +16,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from functools import partial
+from functools import cache, partial
 
 import torch
 from torch import Tensor
@@ -173,17 +173,13 @@ def _first_call(scan: Callable[..., Tensor], device: torch.device) -> str | None
     return None if err < 1e-4 else f"the first call differs from the float64 loop by {err:.1e}"
 
 
-_CPU_KERNEL: list[str | None] = []  # why the C kernel cannot build or run here (probed once), or None
-
-
 def _cpu_fused_problem(device: torch.device) -> str | None:
     """Why the C kernel cannot build and run on this machine (probed once per process), or None."""
     del device  # one CPU per process
-    if not _CPU_KERNEL:
-        _CPU_KERNEL.append(_first_cpu_call())
-    return _CPU_KERNEL[0]
+    return _first_cpu_call()
 
 
+@cache
 def _first_cpu_call() -> str | None:
     """Build the C kernel, run both directions on a tiny scan and compare with the float64 loop."""
     if missing := missing_compiler():
