@@ -1,6 +1,5 @@
 """python -m bench: list, params, profile, scan, plan, latency, stream, export, data, evaluate, metrics, run, ablate."""
 
-import sys
 
 from bench.cli.latency import add_export_command, add_latency_command, add_stream_command
 from bench.cli.measure import add_measure_commands
@@ -8,7 +7,7 @@ from bench.cli.models import add_model_commands
 from bench.cli.plan import add_plan_command
 from bench.cli.quality import add_quality_commands
 from bench.cli.run import add_run_commands
-from bench.cli.shell import make_root, run_main
+from bench.cli.shell import exit_now, make_root, run_main
 
 
 def make_parser():
@@ -31,4 +30,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_now(main())

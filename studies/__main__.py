@@ -1,7 +1,6 @@
 """python -m studies: create (queue once), work (run trials, anywhere), search (both, here), show."""
 
 import argparse
-import sys
 from pathlib import Path
 
 from bench.cli.common import (
@@ -17,7 +16,7 @@ from bench.cli.common import (
     seed_int,
     tracking_uri,
 )
-from bench.cli.shell import make_root, run_main
+from bench.cli.shell import exit_now, make_root, run_main
 from studies.spec import SAMPLERS, SEARCH_OBJECTIVES
 from studies.storage import DEFAULT_STORAGE, StorageSettings
 
@@ -234,4 +233,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_now(main())

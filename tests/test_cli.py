@@ -74,3 +74,30 @@ def test_no_flag_defaults_to_an_empty_string() -> None:
     found = [(prog, a.dest) for make in (bench_parser, studies_parser, reports_parser)
              for prog, a in actions(make()) if a.default == ""]
     assert found == []
+
+
+EXIT_NOW = """
+import atexit, sys, threading, time
+from bench.cli.shell import exit_now
+out = sys.argv[1]
+atexit.register(lambda: open(out + ".atexit", "w").close())
+threading.Thread(target=lambda: (time.sleep(0.3), open(out + ".thread", "w").close())).start()
+print("result", end="")  # unflushed on a pipe until exit_now flushes it
+exit_now(3)
+"""
+
+
+def test_exit_now_ends_as_a_normal_exit_would(tmp_path) -> None:
+    done = subprocess.run([sys.executable, "-c", EXIT_NOW, str(tmp_path / "f")], capture_output=True, text=True,
+                          timeout=60)
+    assert (done.returncode, done.stdout) == (3, "result")
+    assert (tmp_path / "f.atexit").exists() and (tmp_path / "f.thread").exists()
+
+
+def test_the_command_line_exits_with_its_code_and_output() -> None:
+    good = subprocess.run([sys.executable, "-m", "bench", "list", "optimized"], capture_output=True, text=True,
+                          timeout=120)
+    bad = subprocess.run([sys.executable, "-m", "studies", "show", "--storage", "nosuch://x"], capture_output=True,
+                         text=True, timeout=120)
+    assert good.returncode == 0 and "2,139,920" in good.stdout
+    assert bad.returncode == 2 and bad.stderr.startswith("error: ") and len(bad.stderr.splitlines()) == 1
