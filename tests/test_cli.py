@@ -78,10 +78,13 @@ def test_no_flag_defaults_to_an_empty_string() -> None:
 
 EXIT_NOW = """
 import atexit, sys, threading, time
+from concurrent.futures import ThreadPoolExecutor
 from bench.cli.shell import exit_now
 out = sys.argv[1]
 atexit.register(lambda: open(out + ".atexit", "w").close())
 threading.Thread(target=lambda: (time.sleep(0.3), open(out + ".thread", "w").close())).start()
+pool = ThreadPoolExecutor(1)
+pool.submit(time.sleep, 0)  # an idle worker left waiting for work: stopped at exit, not joined forever
 print("result", end="")  # unflushed on a pipe until exit_now flushes it
 exit_now(3)
 """
