@@ -119,6 +119,9 @@ def exit_now(code: int) -> NoReturn:
     and nothing of a command's results is in it (runs are ended, files closed, by then)."""
     threading._shutdown()  # what the interpreter does first: thread pools told to stop, other threads joined
     atexit._run_exitfuncs()
-    sys.stdout.flush()
-    sys.stderr.flush()
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except BrokenPipeError:  # the reader left (| head): exit as the interpreter does when its final flush fails
+        code = code or 120
     os._exit(code)
