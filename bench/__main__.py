@@ -1,6 +1,5 @@
 """python -m bench: list, params, profile, scan, plan, latency, stream, export, data, evaluate, metrics, run, ablate."""
 
-
 from bench.cli.latency import add_export_command, add_latency_command, add_stream_command
 from bench.cli.measure import add_measure_commands
 from bench.cli.models import add_model_commands

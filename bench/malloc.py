@@ -5,8 +5,9 @@ a step's large tensors were page-faulted in afresh on some steps and not on othe
 step (batch 1, 2 s, 2 cores) had medians of 0.28-0.35 s from one fresh process to the next. Here no block is
 mmapped (every one comes from the heap and goes back to it on free, as a caching allocator keeps it) and the heap
 is trimmed only above 1 GiB free at its top: the first training step at batch 6, 2 s faults in each page once
-(1.2 M faults, 5.6-6.6 s) instead of unmapping and faulting its large tensors again (2.1-2.4 M, 9.0-11.7 s with
-the threshold fixed at 32 MiB), and the steps after it fault none (3.3-4.1 s; 3.3-5.1 s). Set for this process
+(1.1-1.2 M faults, 5.3-7.2 s) instead of unmapping and faulting its large tensors again (2.1-2.4 M, 9.0-11.7 s
+with the threshold fixed at 32 MiB), and the steps after it fault few pages or none (0-170 k, mostly in the first
+of them where the heap's layout shifts; 3.3-4.1 s, against 3.3-5.1 s). Set for this process
 (mallopt) and its children (GLIBC_TUNABLES: spawned workers, torchrun's ranks); left alone where the user set
 GLIBC_TUNABLES's malloc tunables or MBSBENCH_MALLOC=default.
 """
