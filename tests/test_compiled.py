@@ -101,7 +101,9 @@ def test_compiled_steps_equal_eager_and_report_their_compile_time(capsys: pytest
     assert bench(["profile", "--variant", "optimized", *[f"--set={k}={v}" for k, v in TINY.items()],
                   "--set", "scan=chunked", "--batch", "1", "--seconds", "0.05", "--repeats", "1", "--no-rss",
                   "--no-track", "--compile", "--format", "json"]) == 0
-    row = json.loads(capsys.readouterr().out)[0]
+    captured = capsys.readouterr()
+    row = json.loads(captured.out)[0]
+    assert "(scan chunked loops in Python and the graph unrolls its loops: compiling can take minutes" in captured.err
     assert row["compiled"] == "default" and row["recompiles"] == 1  # grad mode: inference, then training
     assert row["compile_s_train"] > 10 * row["compiled_train_step_s"] > 0  # the first call, kept apart
     assert row["compiled_infer_step_s"] > 0 and row["infer_step_s"] > 0
@@ -158,3 +160,12 @@ def test_a_compiled_run_validates_every_length_with_one_graph_or_eagerly(scan: s
     assert (trainer.validator is not trainer.model) == validation_compiled
     # the training graph, then (validation compiled) the first length's and one for the other two
     assert result.compiled_graphs == counters["stats"]["unique_graphs"] == (3 if validation_compiled else 1)
+
+
+def test_the_wait_of_a_compile_is_said_for_a_looped_scan_only() -> None:
+    from bench.profiling.compiled import compile_wait
+
+    assert "scan naive loops in Python" in compile_wait(build_config("original"), "cpu")
+    assert "scan chunked_ckpt loops in Python" in compile_wait(build_config("optimized", scan="chunked_ckpt"), "cpu")
+    assert compile_wait(build_config("optimized", scan="cpu_fused"), "cpu") == ""  # one operator in the graph
+    assert compile_wait(build_config("bsrnn"), "cpu") == ""  # no scan

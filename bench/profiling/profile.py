@@ -11,7 +11,7 @@ from bench.console import status
 from bench.devices import device_name
 from bench.interrupts import ignore_interrupts
 from bench.planning.plan import predicted_cuda
-from bench.profiling.compiled import compiled_figures
+from bench.profiling.compiled import compile_wait, compiled_figures
 from bench.profiling.contention import timing_conditions
 from bench.profiling.macs import count_macs
 from bench.profiling.memory import MemoryCurve, max_batch_cuda, max_batch_predicted
@@ -84,7 +84,8 @@ def profile_variant(name: str, cfg: ModelConfig, settings: ProfileSettings) -> d
         for mode in ("train", "infer"):
             out[f"peak_rss_{mode}_mib"] = try_peak_rss(cfg, s, mode) if mode in fitted else None
     if s.compile and fitted == {"infer", "train"}:
-        status(f"  compiled steps (torch.compile, mode {s.compile}): first call, then timed ...")
+        status(f"  compiled steps (torch.compile, mode {s.compile}): first call, then timed"
+               f"{compile_wait(cfg, s.device)} ...")
         out |= compiled_figures(model, cfg, s, s.compile)
     return out | timing_conditions(out, s.strict_timing)
 
