@@ -58,3 +58,12 @@ def compile_model(model: "nn.Module", mode: str) -> "nn.Module":
 def length_is_symbolic(scan: str) -> bool:
     """Whether a compiled model with this (resolved) scan serves every utterance length with one graph."""
     return scan in SYMBOLIC_LENGTH_SCANS
+
+
+def compile_wait(arch: str, scan: str) -> str:
+    """What the first compiled call will cost, said before it starts: minutes where the (resolved) scan loops in
+    Python and the graph unrolls its loops (optimized's default `chunked` training step took 735 s here), else ""."""
+    if arch != "mbsnet" or length_is_symbolic(scan):
+        return ""
+    return (f" (scan {scan} loops in Python and the graph unrolls its loops: compiling can take minutes; the "
+            f"one-operator scans, {', '.join(SYMBOLIC_LENGTH_SCANS)}, take seconds)")

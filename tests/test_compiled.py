@@ -129,7 +129,7 @@ def short_val_dataset(folder, lengths: tuple[int, ...]):
 @pytest.mark.compiles
 @pytest.mark.parametrize(("scan", "validation_compiled"), [("chunked", False), ("triton", True), ("cpu_fused", True)])
 def test_a_compiled_run_validates_every_length_with_one_graph_or_eagerly(scan: str, validation_compiled: bool,
-                                                                        tmp_path, monkeypatch) -> None:
+                                                                        tmp_path, monkeypatch, capsys) -> None:
     """bench run --compile: the training step compiled, and validation on whole utterances of three lengths
     compiled where one graph serves them all (the Triton scan and the C kernel are one operator each; Triton's
     interpreter runs the first here), else
@@ -160,12 +160,14 @@ def test_a_compiled_run_validates_every_length_with_one_graph_or_eagerly(scan: s
     assert (trainer.validator is not trainer.model) == validation_compiled
     # the training graph, then (validation compiled) the first length's and one for the other two
     assert result.compiled_graphs == counters["stats"]["unique_graphs"] == (3 if validation_compiled else 1)
+    said = "the first training step compiles (torch.compile, mode default) (scan chunked loops in Python"
+    assert (said in capsys.readouterr().err) == (scan == "chunked")  # the wait said before it, where it is long
 
 
 def test_the_wait_of_a_compile_is_said_for_a_looped_scan_only() -> None:
-    from bench.profiling.compiled import compile_wait
+    from bench.compiling import compile_wait
 
-    assert "scan naive loops in Python" in compile_wait(build_config("original"), "cpu")
-    assert "scan chunked_ckpt loops in Python" in compile_wait(build_config("optimized", scan="chunked_ckpt"), "cpu")
-    assert compile_wait(build_config("optimized", scan="cpu_fused"), "cpu") == ""  # one operator in the graph
-    assert compile_wait(build_config("bsrnn"), "cpu") == ""  # no scan
+    assert "(scan naive loops in Python and the graph unrolls its loops" in compile_wait("mbsnet", "naive")
+    assert "scan chunked_ckpt loops in Python" in compile_wait("mbsnet", "chunked_ckpt")
+    assert compile_wait("mbsnet", "cpu_fused") == compile_wait("mbsnet", "triton") == ""  # one operator each
+    assert compile_wait("bsrnn", "chunked") == ""  # no scan in the model

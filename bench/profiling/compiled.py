@@ -10,23 +10,10 @@ import time
 import torch
 from torch import nn
 
-from bench.compiling import SYMBOLIC_LENGTH_SCANS, compile_model, length_is_symbolic
+from bench.compiling import compile_model
 from bench.profiling.instruments import synchronize, time_call
 from bench.profiling.workload import ProfileSettings, make_workload
 from variants.config import ModelConfig
-from variants.layers import resolve_scan
-
-
-def compile_wait(cfg: ModelConfig, device: str) -> str:
-    """What the first compiled call will cost, said before it starts: minutes where the scan's Python loops unroll
-    into the graph (optimized's default `chunked` training step took 735 s here), else nothing."""
-    if cfg.arch != "mbsnet":
-        return ""
-    scan = resolve_scan(cfg, torch.device(device), torch.float32)
-    if length_is_symbolic(scan):
-        return ""
-    return (f" (scan {scan} loops in Python and the graph unrolls its loops: compiling can take minutes; the "
-            f"one-operator scans, {', '.join(SYMBOLIC_LENGTH_SCANS)}, take seconds)")
 
 
 def compiled_figures(model: nn.Module, cfg: ModelConfig, settings: ProfileSettings, mode: str) -> dict:

@@ -7,11 +7,12 @@ from dataclasses import asdict, replace
 
 import torch
 
+from bench.compiling import compile_wait
 from bench.console import status
 from bench.devices import device_name
 from bench.interrupts import ignore_interrupts
 from bench.planning.plan import predicted_cuda
-from bench.profiling.compiled import compile_wait, compiled_figures
+from bench.profiling.compiled import compiled_figures
 from bench.profiling.contention import timing_conditions
 from bench.profiling.macs import count_macs
 from bench.profiling.memory import MemoryCurve, max_batch_cuda, max_batch_predicted
@@ -22,6 +23,7 @@ from bench.profiling.steps import measure_step
 from bench.profiling.workload import ProfileSettings, measured_model
 from variants.config import ModelConfig
 from variants.errors import MbsbenchError, error_line
+from variants.layers import resolve_scan
 from variants.registry import build_config
 from variants.scan_triton import counting_only
 
@@ -85,7 +87,7 @@ def profile_variant(name: str, cfg: ModelConfig, settings: ProfileSettings) -> d
             out[f"peak_rss_{mode}_mib"] = try_peak_rss(cfg, s, mode) if mode in fitted else None
     if s.compile and fitted == {"infer", "train"}:
         status(f"  compiled steps (torch.compile, mode {s.compile}): first call, then timed"
-               f"{compile_wait(cfg, s.device)} ...")
+               f"{compile_wait(cfg.arch, resolve_scan(cfg, torch.device(s.device)))} ...")
         out |= compiled_figures(model, cfg, s, s.compile)
     return out | timing_conditions(out, s.strict_timing)
 

@@ -17,7 +17,8 @@ import torch
 from torch import nn
 from torch._dynamo.utils import counters
 
-from bench.compiling import compile_model, length_is_symbolic
+from bench.compiling import compile_model, compile_wait, length_is_symbolic
+from bench.console import status
 from bench.data.datasets import Dataset, input_gain, load_pair
 from bench.devices import autocast, parameter_dtype
 from bench.interrupts import Interrupted, stop_requests
@@ -96,8 +97,11 @@ class Trainer:
         self.ranks, self.net = ranks, distributed.data_parallel(self.model, ranks, device)
         self.validator = self.model  # what validation calls: the model, or its compiled form
         if settings.compile:
-            self.net, self.validator = compiled_pair(self.net, self.model, settings.compile,
-                                                     resolve_scan(cfg, torch.device(device), self.dtype))
+            scan = resolve_scan(cfg, torch.device(device), self.dtype)
+            self.net, self.validator = compiled_pair(self.net, self.model, settings.compile, scan)
+            if ranks.main and compile_wait(cfg.arch, scan):
+                status(f"the first training step compiles (torch.compile, mode {settings.compile})"
+                       f"{compile_wait(cfg.arch, scan)}")
         self.sampler = CropSampler(data.split("train"), settings, cfg)
         # foreach: one multi-tensor op per update stage, not one op per parameter tensor (360 in original)
         self.optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr, foreach=True)
