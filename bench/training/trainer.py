@@ -99,9 +99,9 @@ class Trainer:
         if settings.compile:
             scan = resolve_scan(cfg, torch.device(device), self.dtype)
             self.net, self.validator = compiled_pair(self.net, self.model, settings.compile, scan)
-            if ranks.main and compile_wait(cfg.arch, scan):
-                status(f"the first training step compiles (torch.compile, mode {settings.compile})"
-                       f"{compile_wait(cfg.arch, scan)}")
+            wait = compile_wait(cfg.arch, scan)
+            if ranks.main and wait:
+                status(f"the first training step compiles (torch.compile, mode {settings.compile}){wait}")
         self.sampler = CropSampler(data.split("train"), settings, cfg)
         # foreach: one multi-tensor op per update stage, not one op per parameter tensor (360 in original)
         self.optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr, foreach=True)
